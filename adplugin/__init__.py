@@ -1,0 +1,60 @@
+"""adplugin: an automatic-differentiation toolchain that plugs into JAX.
+
+`import adplugin as ap`; see README.md and docs/ for the tour.
+"""
+
+from adplugin._primitive import (
+    NOT_DIFFERENTIABLE as NOT_DIFFERENTIABLE,
+    NOT_LINEAR as NOT_LINEAR,
+    ZERO_DERIVATIVE as ZERO_DERIVATIVE,
+    Linear as Linear,
+    Primitive as Primitive,
+    ShapeDtype as ShapeDtype,
+    define_primitive as define_primitive,
+    get_primitive as get_primitive,
+    list_primitives as list_primitives,
+)
+from adplugin.primitives.conversion import astype as astype, stop_gradient as stop_gradient
+from adplugin.primitives.elementwise import (
+    abs as abs,
+    add as add,
+    cos as cos,
+    divide as divide,
+    exp as exp,
+    expm1 as expm1,
+    log as log,
+    log1p as log1p,
+    maximum as maximum,
+    minimum as minimum,
+    multiply as multiply,
+    negative as negative,
+    power as power,
+    sigmoid as sigmoid,
+    sign as sign,
+    sin as sin,
+    sqrt as sqrt,
+    square as square,
+    subtract as subtract,
+    tanh as tanh,
+)
+from adplugin.primitives.logic import (
+    equal as equal,
+    greater as greater,
+    greater_equal as greater_equal,
+    isfinite as isfinite,
+    less as less,
+    less_equal as less_equal,
+    not_equal as not_equal,
+    where as where,
+)
+from adplugin.primitives.shape import (
+    broadcast_to as broadcast_to,
+    concatenate as concatenate,
+    expand_dims as expand_dims,
+    reshape as reshape,
+    squeeze as squeeze,
+    transpose as transpose,
+)
+# --- reductions (reductions.py) ---
+# --- linalg (linalg.py) ---
+# --- indexing (indexing.py) ---

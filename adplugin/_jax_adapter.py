@@ -1,0 +1,216 @@
+"""The one module that touches JAX's semi-public and private API.
+
+JAX has no stable API for custom primitives and changes it in most releases, so everything
+adplugin needs from `jax.extend`, `jax.interpreters` and `jax._src` is reached through the
+functions below. Each is written against the installed JAX by feature detection (attributes and
+signatures), never by comparing version numbers.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import numpy as np
+from jax import core as _public_core
+from jax.extend import core as jex_core
+from jax.extend.mlir import ir
+from jax.extend.mlir.dialects import stablehlo as hlo
+from jax.interpreters import ad, batching, mlir
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jax._src import dispatch as _dispatch  # noqa: I001  (private: eager impl of a primitive)
+from jax._src import dtypes as _dtypes  # private: weak-type-aware promotion
+from jax._src.interpreters import mlir as _mlir_private  # sharding annotations in lowering
+
+__all__ = [
+    "JaxPrimitive",
+    "LoweringContext",
+    "Zero",
+    "hlo",
+    "ir",
+    "is_tracer",
+    "new_primitive",
+    "result_type",
+]
+
+JaxPrimitive = jex_core.Primitive
+Zero = ad.Zero
+not_mapped = None  # batching's marker for an operand without a batch dimension
+
+
+def is_tracer(x: Any) -> bool:
+    return isinstance(x, _public_core.Tracer)
+
+
+def result_type(*args: Any) -> tuple[np.dtype, bool]:
+    """NumPy/JAX promotion of `args` (Python scalars weak): (dtype, weak_type)."""
+    dtype, weak = _dtypes.result_type(*args, return_weak_type_flag=True)
+    return np.dtype(dtype), bool(weak)
+
+
+def is_weakly_typed(x: Any) -> bool:
+    return bool(_dtypes.is_weakly_typed(x))
+
+
+def canonical_dtype(dtype: Any) -> np.dtype:
+    """The dtype JAX actually uses for `dtype` (float64 -> float32 unless x64 is enabled)."""
+    return np.dtype(_dtypes.canonicalize_dtype(dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# Abstract values and shardings
+# ----------------------------------------------------------------------------------------------
+
+def make_aval(
+    like: Any, shape: Sequence[int], dtype: Any, weak_type: bool, spec: Sequence[Any] | None
+) -> Any:
+    """An output aval derived from input aval `like`, keeping its mesh and manual axes.
+
+    `spec` is the output's partition spec (one entry per dimension) or None when no input
+    carries a mesh in its type (the common, automatically sharded case).
+    """
+    shape = tuple(int(d) for d in shape)
+    if spec is None or like.sharding.mesh.empty:
+        sharding = like.sharding.update(spec=PartitionSpec(*([None] * len(shape))))
+    else:
+        sharding = like.sharding.update(spec=PartitionSpec(*spec))
+    return like.update(shape=shape, dtype=np.dtype(dtype), weak_type=weak_type, sharding=sharding)
+
+
+def mesh_spec(aval: Any) -> tuple[Any, ...] | None:
+    """The partition spec of an aval whose type carries a mesh, else None."""
+    sharding = getattr(aval, "sharding", None)
+    if not isinstance(sharding, NamedSharding) or sharding.mesh.empty:
+        return None
+    spec = tuple(sharding.spec)
+    return spec + (None,) * (len(aval.shape) - len(spec))
+
+
+def shaped_array(shape: Sequence[int], dtype: Any, weak_type: bool = False) -> Any:
+    return _public_core.ShapedArray(tuple(shape), np.dtype(dtype), weak_type=weak_type)
+
+
+# ----------------------------------------------------------------------------------------------
+# Lowering
+# ----------------------------------------------------------------------------------------------
+
+class LoweringContext:
+    """What a lowering rule sees: input/output avals and helpers to build StableHLO types."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, ctx: Any):
+        self._ctx = ctx
+
+    @property
+    def avals_in(self) -> Sequence[Any]:
+        return self._ctx.avals_in
+
+    @property
+    def avals_out(self) -> Sequence[Any]:
+        return self._ctx.avals_out
+
+    def ir_type(self, aval: Any) -> Any:
+        if _AVAL_TO_IR_TYPE_TAKES_MODULE_CONTEXT:
+            return mlir.aval_to_ir_type(self._ctx.module_context, aval)
+        return mlir.aval_to_ir_type(aval)
+
+    def out_type(self, index: int = 0) -> Any:
+        return self.ir_type(self._ctx.avals_out[index])
+
+
+_AVAL_TO_IR_TYPE_TAKES_MODULE_CONTEXT = len(inspect.signature(mlir.aval_to_ir_type).parameters) > 1
+
+
+def ir_constant(value: Any) -> Any:
+    return mlir.ir_constant(np.asarray(value))
+
+
+def dense_int_array(values: Sequence[int]) -> Any:
+    return mlir.dense_int_array(list(values))
+
+
+def scalar_ir_type(dtype: Any) -> Any:
+    return ir.RankedTensorType.get([], mlir.dtype_to_ir_type(np.dtype(dtype)))
+
+
+# Outputs whose type carries an explicit-mesh sharding get the sharding annotation jax adds.
+_annotate_sharding: Callable[[Any, Any, Any], Any] = getattr(
+    _mlir_private, "lower_with_sharding_in_types", lambda ctx, op, aval: op)
+
+
+def _register_lowering(prim: Any, rule: Callable[..., Any]) -> None:
+    def lowering(ctx: Any, *operands: Any, **params: Any) -> list[Any]:
+        outs = rule(LoweringContext(ctx), *operands, **params)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        return [_annotate_sharding(ctx, o, a) for o, a in zip(outs, ctx.avals_out)]
+
+    mlir.register_lowering(prim, lowering)
+
+
+# ----------------------------------------------------------------------------------------------
+# Registration of one primitive into JAX
+# ----------------------------------------------------------------------------------------------
+
+_typeof: Callable[[Any], Any] = getattr(jax, "typeof", None) or _public_core.get_aval
+
+
+def _tangent_aval(aval: Any) -> Any:
+    return aval.to_tangent_aval()
+
+
+def _cotangent_aval(aval: Any) -> Any:
+    to_ct = getattr(aval, "to_ct_aval", None)
+    return to_ct() if to_ct is not None else aval.to_tangent_aval()
+
+
+def new_primitive(name: str) -> Any:
+    prim = jex_core.Primitive(name)
+    prim.def_impl(partial(_dispatch.apply_primitive, prim))
+    return prim
+
+
+def register(
+    prim: Any,
+    *,
+    abstract_eval: Callable[..., Any],
+    lowering: Callable[..., Any],
+    jvp: Callable[..., Any],
+    transpose: Callable[..., Any] | None,
+    batching_rule: Callable[..., Any],
+) -> None:
+    """Fill JAX's tables for `prim`: abstract eval, lowering, JVP, transpose, batching.
+
+    `jvp(primals, tangents, **params)` gets None for a symbolically zero tangent and returns
+    (primal_out, tangent_out or None). `transpose(ct, linear_mask, *args, **params)` gets the
+    aval of each linear argument in place of its value and returns one cotangent per argument.
+    """
+    prim.def_abstract_eval(abstract_eval)
+    _register_lowering(prim, lowering)
+
+    def jax_jvp(primals: Sequence[Any], tangents: Sequence[Any], **params: Any) -> Any:
+        ts = [None if type(t) is ad.Zero else t for t in tangents]
+        out, t_out = jvp(primals, ts, **params)
+        if t_out is None:
+            t_out = ad.Zero(_tangent_aval(_typeof(out)))
+        return out, t_out
+
+    ad.primitive_jvps[prim] = jax_jvp
+
+    if transpose is not None:
+        def jax_transpose(ct: Any, *args: Any, **params: Any) -> list[Any]:
+            linear = [ad.is_undefined_primal(a) for a in args]
+            if type(ct) is ad.Zero:
+                return [ad.Zero(_cotangent_aval(a.aval)) if lin else None
+                        for a, lin in zip(args, linear)]
+            values = [a.aval if lin else a for a, lin in zip(args, linear)]
+            cts = transpose(ct, linear, *values, **params)
+            return [c if lin else None for c, lin in zip(cts, linear)]
+
+        ad.primitive_transposes[prim] = jax_transpose
+
+    batching.primitive_batchers[prim] = batching_rule

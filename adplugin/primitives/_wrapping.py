@@ -1,0 +1,170 @@
+"""NumPy semantics for the `ap.*` wrappers: dispatch, dtype promotion and broadcasting.
+
+Primitives see operands of equal shape and dtype (like `lax`); the wrappers make them so by
+inserting explicit `convert_element_type` and `broadcast_in_dim` primitives (like `jax.numpy`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import jax
+import numpy as np
+
+from adplugin import _jax_adapter as jx
+from adplugin._errors import axis_error, shape_error, type_error
+from adplugin._primitive import _symbolic_types, get_primitive
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def op(*, static_argnames: Sequence[str] = ()) -> Callable[[F], F]:
+    """Turn a wrapper into a public op.
+
+    On JAX values the wrapper runs as one inlined `jax.jit` (so eager use costs a single
+    cached dispatch, as `jax.numpy` does, and traced use inlines the primitives). On symbolic
+    graph tensors it runs directly, adding graph nodes.
+    """
+
+    def decorate(fn: F) -> F:
+        jitted = jax.jit(fn, static_argnames=tuple(static_argnames), inline=True)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if _symbolic_types and _any_symbolic(args):
+                return fn(*args, **kwargs)
+            return jitted(*args, **kwargs)
+
+        wrapper.raw = fn  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _any_symbolic(args: Sequence[Any]) -> bool:
+    for a in args:
+        if type(a) in _symbolic_types:
+            return True
+        if isinstance(a, (list, tuple)) and _any_symbolic(a):
+            return True
+    return False
+
+
+# ----------------------------------------------------------------------------------------------
+# Types of operands
+# ----------------------------------------------------------------------------------------------
+
+def shape_of(x: Any) -> tuple[int, ...]:
+    return tuple(np.shape(x)) if not hasattr(x, "shape") else tuple(x.shape)
+
+
+def dtype_of(x: Any) -> np.dtype:
+    if hasattr(x, "dtype"):
+        return np.dtype(x.dtype)
+    return jx.result_type(x)[0]
+
+
+def is_weak(x: Any) -> bool:
+    if type(x) in _symbolic_types:
+        return bool(x.weak_type)
+    return jx.is_weakly_typed(x)
+
+
+def _promotion_stand_in(x: Any) -> Any:
+    """What JAX's promotion sees for `x` (symbolic tensors become scalars of their kind)."""
+    if type(x) not in _symbolic_types:
+        return x
+    if x.weak_type:
+        kind = np.dtype(x.dtype).kind
+        return {"b": False, "i": 0, "u": 0, "f": 0.0, "c": 0j}[kind]
+    return np.zeros((), x.dtype)
+
+
+def check_array_like(name: str, *args: Any) -> None:
+    for a in args:
+        if isinstance(a, (str, bytes)) or a is None or (
+                not hasattr(a, "dtype") and not isinstance(a, (bool, int, float, complex))):
+            raise type_error(name, "operand is not an array", f"{type(a).__name__} {a!r:.60}",
+                             "a JAX/NumPy array, a Python scalar or a graph tensor",
+                             "convert it with jnp.asarray or ap.constant")
+
+
+def result_dtype(name: str, *args: Any) -> tuple[np.dtype, bool]:
+    check_array_like(name, *args)
+    return jx.result_type(*(_promotion_stand_in(a) for a in args))
+
+
+def convert(x: Any, dtype: np.dtype, weak_type: bool = False) -> Any:
+    """`x` as `dtype` (a Python scalar becomes a constant; arrays get a convert primitive)."""
+    if isinstance(x, (bool, int, float, complex)):
+        return np.asarray(x, dtype)
+    if dtype_of(x) == dtype:
+        return x
+    return get_primitive("convert_element_type").bind(x, new_dtype=np.dtype(dtype),
+                                                      weak_type=weak_type)
+
+
+def broadcast_to_shape(x: Any, shape: tuple[int, ...]) -> Any:
+    """NumPy broadcasting of `x` to `shape` (rank-extended on the left) with broadcast_in_dim."""
+    xshape = shape_of(x)
+    if xshape == shape:
+        return x
+    dims = tuple(range(len(shape) - len(xshape), len(shape)))
+    return get_primitive("broadcast_in_dim").bind(x, shape=shape, broadcast_dimensions=dims)
+
+
+def broadcast_shapes(name: str, *args: Any) -> tuple[int, ...]:
+    shapes = [shape_of(a) for a in args]
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise shape_error(name, "operand shapes do not broadcast", " and ".join(map(str, shapes)),
+                          "shapes equal or 1 in each dimension, aligned from the right",
+                          "reshape or expand_dims an operand so the shapes line up") from None
+
+
+def promote(name: str, *args: Any, to_inexact: bool = False) -> list[Any]:
+    """Operands converted to their common dtype and broadcast to their common shape."""
+    dtype, weak = result_dtype(name, *args)
+    if to_inexact and not np.issubdtype(dtype, np.inexact):
+        dtype, weak = jx.canonical_dtype(np.float64), weak and dtype.kind != "b"
+    shape = broadcast_shapes(name, *args)
+    return [broadcast_to_shape(convert(a, dtype, weak), shape) for a in args]
+
+
+def promote_dtypes(name: str, arrays: Sequence[Any]) -> list[Any]:
+    """Operands converted to their common dtype (shapes left alone)."""
+    dtype, weak = result_dtype(name, *arrays)
+    return [convert(a, dtype, weak) for a in arrays]
+
+
+def promote_inexact(name: str, x: Any) -> Any:
+    return promote(name, x, to_inexact=True)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Axes
+# ----------------------------------------------------------------------------------------------
+
+def canonical_axes(name: str, axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
+    """Normalized, sorted axes; None means all."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        if not isinstance(a, (int, np.integer)) or not -ndim <= a < ndim:
+            raise axis_error(name, axis, ndim)
+        out.append(int(a) % ndim)
+    if len(set(out)) != len(out):
+        raise axis_error(name, axis, ndim)
+    return tuple(sorted(out))
+
+
+def canonical_axis(name: str, axis: int, ndim: int) -> int:
+    (a,) = canonical_axes(name, axis, ndim) if isinstance(axis, (int, np.integer)) else (None,)
+    if a is None:
+        raise axis_error(name, axis, ndim)
+    return a

@@ -1,0 +1,300 @@
+"""Elementwise arithmetic and math: each primitive's lowering, JVP and transpose side by side.
+
+Primitives take operands of equal shape and dtype; the NumPy-style wrappers at the bottom
+broadcast and promote. Batching and sharding rules are derived (`elementwise=True`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from adplugin import _jax_adapter as jx
+from adplugin._primitive import (
+    NOT_LINEAR,
+    ZERO_DERIVATIVE,
+    Linear,
+    Primitive,
+    ShapeDtype,
+    check_same_shape_dtype,
+    define_primitive,
+)
+from adplugin._errors import type_error
+from adplugin.primitives._rules import bind, full_like, zeros_like
+from adplugin.primitives._wrapping import op, promote, promote_inexact
+
+hlo = jx.hlo
+
+_KIND_NAMES = {"f": "floating", "i": "signed integer", "u": "unsigned integer", "b": "boolean"}
+
+
+def _typed_eval(name: str, kinds: str) -> Callable[..., ShapeDtype]:
+    """Elementwise abstract eval restricted to dtype kinds (e.g. "f" for transcendental ops)."""
+
+    def rule(*avals: Any, **params: Any) -> ShapeDtype:
+        check_same_shape_dtype(name, avals)
+        dtype = np.dtype(avals[0].dtype)
+        if dtype.kind not in kinds:
+            raise type_error(name, "unsupported dtype", dtype.name,
+                             " or ".join(_KIND_NAMES[k] for k in kinds) + " operands",
+                             f"convert with ap.astype, or call the ap.{name} wrapper")
+        return ShapeDtype(avals[0].shape, dtype, all(a.weak_type for a in avals))
+
+    return rule
+
+
+def _unary(name: str, lower: Callable[[Any], Any], jvp: Any, kinds: str = "fiu",
+           transpose: Any = NOT_LINEAR) -> Primitive:
+    return define_primitive(
+        name, abstract_eval=_typed_eval(name, kinds), lowering=lambda ctx, x: lower(x),
+        jvp=jvp, transpose=transpose, elementwise=True)
+
+
+def _binary(name: str, lower: Callable[[Any, Any], Any], jvp: Any, kinds: str = "fiu",
+            transpose: Any = NOT_LINEAR) -> Primitive:
+    return define_primitive(
+        name, abstract_eval=_typed_eval(name, kinds), lowering=lambda ctx, x, y: lower(x, y),
+        jvp=jvp, transpose=transpose, elementwise=True)
+
+
+# --- linear arithmetic ------------------------------------------------------------------------
+
+def _add_transpose(ct: Any, x: Any, y: Any) -> list[Any]:
+    return [ct if isinstance(x, Linear) else None, ct if isinstance(y, Linear) else None]
+
+
+add_p = _binary("add", hlo.add, (lambda g, out, x, y: g, lambda g, out, x, y: g),
+                kinds="fiub", transpose=_add_transpose)
+
+
+def _sub_transpose(ct: Any, x: Any, y: Any) -> list[Any]:
+    return [ct if isinstance(x, Linear) else None,
+            neg_p.bind(ct) if isinstance(y, Linear) else None]
+
+
+sub_p = _binary("sub", hlo.subtract,
+                (lambda g, out, x, y: g, lambda g, out, x, y: neg_p.bind(g)),
+                transpose=_sub_transpose)
+
+neg_p = _unary("neg", hlo.negate, (lambda g, out, x: neg_p.bind(g),),
+               transpose=lambda ct, x: [neg_p.bind(ct)])
+
+
+def _mul_transpose(ct: Any, x: Any, y: Any) -> list[Any]:
+    # bilinear: transpose with respect to whichever operand is the linear one
+    if isinstance(x, Linear) and isinstance(y, Linear):
+        raise TypeError("ap.multiply: both operands linear; a product is bilinear, not linear")
+    if isinstance(x, Linear):
+        return [mul_p.bind(ct, y), None]
+    return [None, mul_p.bind(x, ct)]
+
+
+mul_p = _binary("mul", hlo.multiply,
+                (lambda g, out, x, y: mul_p.bind(g, y), lambda g, out, x, y: mul_p.bind(x, g)),
+                kinds="fiub", transpose=_mul_transpose)
+
+
+def _div_transpose(ct: Any, x: Any, y: Any) -> list[Any]:
+    if isinstance(y, Linear):
+        raise TypeError("ap.divide is linear in its numerator only")
+    return [div_p.bind(ct, y), None]
+
+
+# d(x/y) = dx/y - dy * (x/y)/y
+div_p = _binary("div", hlo.divide,
+                (lambda g, out, x, y: div_p.bind(g, y),
+                 lambda g, out, x, y: div_p.bind(mul_p.bind(neg_p.bind(g), out), y)),
+                transpose=_div_transpose)
+
+# --- smooth math --------------------------------------------------------------------------------
+
+exp_p = _unary("exp", hlo.exponential, (lambda g, out, x: mul_p.bind(g, out),), kinds="f")
+log_p = _unary("log", hlo.log, (lambda g, out, x: div_p.bind(g, x),), kinds="f")
+log1p_p = _unary("log1p", hlo.log_plus_one,
+                 (lambda g, out, x: div_p.bind(g, add_p.bind(x, full_like(x, 1))),), kinds="f")
+expm1_p = _unary("expm1", hlo.exponential_minus_one,
+                 (lambda g, out, x: mul_p.bind(g, add_p.bind(out, full_like(out, 1))),),
+                 kinds="f")
+sin_p = _unary("sin", hlo.sine, (lambda g, out, x: mul_p.bind(g, cos_p.bind(x)),), kinds="f")
+cos_p = _unary("cos", hlo.cosine,
+               (lambda g, out, x: neg_p.bind(mul_p.bind(g, sin_p.bind(x))),), kinds="f")
+# tanh' = (1 + tanh)(1 - tanh)
+tanh_p = _unary("tanh", hlo.tanh, (lambda g, out, x: mul_p.bind(
+    add_p.bind(g, mul_p.bind(g, out)), sub_p.bind(full_like(out, 1), out)),), kinds="f")
+# sigmoid' = sigmoid (1 - sigmoid)
+logistic_p = _unary("logistic", hlo.logistic, (lambda g, out, x: mul_p.bind(
+    g, mul_p.bind(out, sub_p.bind(full_like(out, 1), out))),), kinds="f")
+# sqrt' = 0.5 / sqrt (infinite at 0, as in jax.grad)
+sqrt_p = _unary("sqrt", hlo.sqrt,
+                (lambda g, out, x: mul_p.bind(g, div_p.bind(full_like(out, 0.5), out)),),
+                kinds="f")
+square_p = _unary("square", lambda x: hlo.multiply(x, x),
+                  (lambda g, out, x: mul_p.bind(g, mul_p.bind(full_like(x, 2), x)),))
+
+
+# abs' = 1 for x >= 0, -1 otherwise (jax.grad's convention at 0)
+def _abs_jvp(g: Any, out: Any, x: Any) -> Any:
+    return bind("select", bind("ge", x, zeros_like(x)), g, neg_p.bind(g))
+
+
+abs_p = _unary("abs", hlo.abs, (_abs_jvp,))
+sign_p = _unary("sign", hlo.sign, ZERO_DERIVATIVE)
+
+
+# max/min: at ties the derivative is shared equally between the operands, as in jax.grad
+def _balanced_eq(x: Any, out: Any, y: Any) -> Any:
+    one, zero = full_like(out, 1), zeros_like(out)
+    hit = bind("select", bind("eq", x, out), one, zero)
+    return div_p.bind(hit, bind("select", bind("eq", y, out), full_like(out, 2), one))
+
+
+max_p = _binary("max", hlo.maximum,
+                (lambda g, out, x, y: mul_p.bind(g, _balanced_eq(x, out, y)),
+                 lambda g, out, x, y: mul_p.bind(g, _balanced_eq(y, out, x))), kinds="fiub")
+min_p = _binary("min", hlo.minimum,
+                (lambda g, out, x, y: mul_p.bind(g, _balanced_eq(x, out, y)),
+                 lambda g, out, x, y: mul_p.bind(g, _balanced_eq(y, out, x))), kinds="fiub")
+
+
+# --- powers --------------------------------------------------------------------------------------
+
+def _replace_zero(x: Any) -> Any:
+    return bind("select", bind("eq", x, zeros_like(x)), full_like(x, 1), x)
+
+
+def _pow_jvp_base(g: Any, out: Any, x: Any, y: Any) -> Any:
+    # d/dx x^y = y x^(y-1), taken as 0 where y == 0 (so 0^0 has derivative 0, as in jax.grad)
+    jac = mul_p.bind(y, pow_p.bind(x, sub_p.bind(y, full_like(y, 1))))
+    jac = bind("select", bind("eq", y, zeros_like(y)), zeros_like(y), jac)
+    return mul_p.bind(g, jac)
+
+
+def _pow_jvp_exponent(g: Any, out: Any, x: Any, y: Any) -> Any:
+    # d/dy x^y = log(x) x^y, with log(0) replaced by 0 so a zero base gives a zero derivative
+    return mul_p.bind(g, mul_p.bind(log_p.bind(_replace_zero(x)), out))
+
+
+pow_p = _binary("pow", hlo.power, (_pow_jvp_base, _pow_jvp_exponent), kinds="fiu")
+
+
+def _integer_pow_lower(ctx: Any, x: Any, *, y: int) -> Any:
+    # exponentiation by squaring, as lax does: O(log |y|) multiplies
+    n = -y if y < 0 else y
+    acc, base = None, x
+    while n:
+        if n & 1:
+            acc = base if acc is None else hlo.multiply(acc, base)
+        n >>= 1
+        if n:
+            base = hlo.multiply(base, base)
+    if acc is None:
+        acc = hlo.broadcast_in_dim(ctx.out_type(), jx.ir_constant(np.ones((), ctx.avals_out[0].dtype)),
+                                   jx.dense_int_array(()))
+    if y < 0:
+        one = jx.ir_constant(np.ones((), ctx.avals_out[0].dtype))
+        one = hlo.broadcast_in_dim(ctx.out_type(), one, jx.dense_int_array(()))
+        acc = hlo.divide(one, acc)
+    return acc
+
+
+def _integer_pow_jvp(g: Any, out: Any, x: Any, *, y: int) -> Any:
+    if y == 0:
+        return None
+    if y == 1:
+        return g
+    lower = x if y == 2 else integer_pow_p.bind(x, y=y - 1)
+    return mul_p.bind(g, mul_p.bind(full_like(x, y), lower))
+
+
+integer_pow_p = define_primitive(
+    "integer_pow", abstract_eval=_typed_eval("integer_pow", "fiu"), lowering=_integer_pow_lower,
+    jvp=(_integer_pow_jvp,), elementwise=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# NumPy-style wrappers
+# ----------------------------------------------------------------------------------------------
+
+@op()
+def add(x: Any, y: Any) -> Any:
+    """x + y with NumPy broadcasting and dtype promotion."""
+    return add_p.bind(*promote("add", x, y))
+
+
+@op()
+def subtract(x: Any, y: Any) -> Any:
+    """x - y."""
+    return sub_p.bind(*promote("subtract", x, y))
+
+
+@op()
+def multiply(x: Any, y: Any) -> Any:
+    """x * y."""
+    return mul_p.bind(*promote("multiply", x, y))
+
+
+@op()
+def divide(x: Any, y: Any) -> Any:
+    """True division x / y (integers are promoted to floating point, as in NumPy)."""
+    return div_p.bind(*promote("divide", x, y, to_inexact=True))
+
+
+@op()
+def negative(x: Any) -> Any:
+    """-x."""
+    return neg_p.bind(*promote("negative", x))
+
+
+@op()
+def maximum(x: Any, y: Any) -> Any:
+    """Elementwise maximum (ties share the derivative equally)."""
+    return max_p.bind(*promote("maximum", x, y))
+
+
+@op()
+def minimum(x: Any, y: Any) -> Any:
+    """Elementwise minimum (ties share the derivative equally)."""
+    return min_p.bind(*promote("minimum", x, y))
+
+
+def power(x: Any, y: Any) -> Any:
+    """x ** y. A Python integer exponent gives the `integer_pow` primitive (exact, any sign)."""
+    if isinstance(y, (int, np.integer)) and not isinstance(y, bool):
+        return _integer_power(x, y=int(y))
+    return _real_power(x, y)
+
+
+@op(static_argnames=("y",))
+def _integer_power(x: Any, *, y: int) -> Any:
+    (x,) = promote("power", x, to_inexact=y < 0)
+    return integer_pow_p.bind(x, y=y)
+
+
+@op()
+def _real_power(x: Any, y: Any) -> Any:
+    return pow_p.bind(*promote("power", x, y))
+
+
+def _unary_wrapper(prim: Primitive, name: str, doc: str, inexact: bool) -> Callable[[Any], Any]:
+    def fn(x: Any) -> Any:
+        return prim.bind(promote_inexact(name, x) if inexact else promote(name, x)[0])
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = doc
+    return op()(fn)
+
+
+square = _unary_wrapper(square_p, "square", "x * x.", inexact=False)
+sqrt = _unary_wrapper(sqrt_p, "sqrt", "Square root (derivative +inf at 0, as in jax.grad).", True)
+exp = _unary_wrapper(exp_p, "exp", "e ** x.", True)
+log = _unary_wrapper(log_p, "log", "Natural logarithm.", True)
+log1p = _unary_wrapper(log1p_p, "log1p", "log(1 + x), accurate for small x.", True)
+expm1 = _unary_wrapper(expm1_p, "expm1", "exp(x) - 1, accurate for small x.", True)
+sin = _unary_wrapper(sin_p, "sin", "Sine.", True)
+cos = _unary_wrapper(cos_p, "cos", "Cosine.", True)
+tanh = _unary_wrapper(tanh_p, "tanh", "Hyperbolic tangent.", True)
+sigmoid = _unary_wrapper(logistic_p, "sigmoid", "Logistic sigmoid 1 / (1 + exp(-x)).", True)
+abs = _unary_wrapper(abs_p, "abs", "Absolute value (derivative 1 at 0, as in jax.grad).", False)
+sign = _unary_wrapper(sign_p, "sign", "Sign: -1, 0 or 1 (derivative zero).", False)

@@ -1,0 +1,416 @@
+"""Shape primitives: broadcast_in_dim, reshape, transpose, slice, concatenate (all linear)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from adplugin import _jax_adapter as jx
+from adplugin._errors import ShardingRuleError, message, shape_error, type_error
+from adplugin._primitive import (
+    Linear,
+    ShapeDtype,
+    Spec,
+    batch_size,
+    bdim_to_front,
+    define_primitive,
+    merge_specs,
+    moveaxis,
+)
+from adplugin.primitives._rules import bind, full
+from adplugin.primitives._wrapping import (
+    canonical_axes,
+    canonical_axis,
+    check_array_like,
+    op,
+    promote,
+    promote_dtypes,
+    shape_of,
+)
+
+hlo = jx.hlo
+
+
+# --- broadcast_in_dim(x, shape, broadcast_dimensions) --------------------------------------------
+# Operand dimension i becomes output dimension broadcast_dimensions[i]; size-1 dims stretch.
+
+def _bid_eval(x: Any, *, shape: tuple[int, ...], broadcast_dimensions: tuple[int, ...]) -> Any:
+    dims = broadcast_dimensions
+    ok = (len(dims) == len(x.shape) and all(0 <= d < len(shape) for d in dims)
+          and list(dims) == sorted(set(dims))
+          and all(x.shape[i] in (1, shape[d]) for i, d in enumerate(dims)))
+    if not ok:
+        raise shape_error("broadcast_in_dim", "operand does not fit the target shape",
+                          f"operand {list(x.shape)}, shape {list(shape)}, dims {list(dims)}",
+                          "one increasing target dim per operand dim, of equal size or size 1",
+                          "use ap.broadcast_to for NumPy-style broadcasting")
+    return ShapeDtype(tuple(shape), x.dtype, x.weak_type)
+
+
+def _bid_transpose(ct: Any, x: Linear, *, shape: tuple[int, ...],
+                   broadcast_dimensions: tuple[int, ...]) -> list[Any]:
+    # the adjoint of copying is summing the copies: over new dims and over stretched size-1 dims
+    dims = broadcast_dimensions
+    stretched = [d for i, d in enumerate(dims) if x.shape[i] == 1 and shape[d] != 1]
+    summed = tuple(sorted(set(range(len(shape))) - set(dims)) + stretched)
+    out = ct
+    if summed:
+        out = bind("reduce_sum", ct, axes=tuple(sorted(summed)))
+    if shape_of(out) != x.shape:
+        out = reshape_p.bind(out, new_sizes=x.shape)
+    return [out]
+
+
+def _bid_batching(args: Sequence[Any], dims: Sequence[Any], *, shape: tuple[int, ...],
+                  broadcast_dimensions: tuple[int, ...]) -> tuple[Any, int]:
+    x = moveaxis(args[0], dims[0], 0)
+    size = np.shape(x)[0]
+    out = broadcast_in_dim_p.bind(x, shape=(size, *shape),
+                                  broadcast_dimensions=(0, *(d + 1 for d in broadcast_dimensions)))
+    return out, 0
+
+
+def _bid_sharding(specs: Sequence[Spec], x: Any, *, shape: tuple[int, ...],
+                  broadcast_dimensions: tuple[int, ...]) -> Spec:
+    out: list[Any] = [None] * len(shape)
+    for i, d in enumerate(broadcast_dimensions):
+        if x.shape[i] == shape[d]:
+            out[d] = specs[0][i]
+    return tuple(out)
+
+
+broadcast_in_dim_p = define_primitive(
+    "broadcast_in_dim", abstract_eval=_bid_eval,
+    lowering=lambda ctx, x, *, shape, broadcast_dimensions: hlo.broadcast_in_dim(
+        ctx.out_type(), x, jx.dense_int_array(broadcast_dimensions)),
+    jvp=(lambda g, out, x, **p: broadcast_in_dim_p.bind(g, **p),),
+    transpose=_bid_transpose, batching=_bid_batching, sharding=_bid_sharding)
+
+
+# --- reshape(x, new_sizes) ---------------------------------------------------------------------
+
+def _reshape_eval(x: Any, *, new_sizes: tuple[int, ...]) -> Any:
+    if math.prod(new_sizes) != math.prod(x.shape) or any(d < 0 for d in new_sizes):
+        raise shape_error("reshape", "sizes differ", f"{list(x.shape)} to {list(new_sizes)}",
+                          f"a shape with {math.prod(x.shape)} elements",
+                          "pick a new shape with as many elements (one -1 may be inferred)")
+    return ShapeDtype(tuple(new_sizes), x.dtype, x.weak_type)
+
+
+def _reshape_sharding(specs: Sequence[Spec], x: Any, *, new_sizes: tuple[int, ...]) -> Spec:
+    spec = specs[0]
+    if all(s is None for s in spec):
+        return (None,) * len(new_sizes)
+    # dimensions kept whole (same leading sizes) keep their sharding
+    out: list[Any] = [None] * len(new_sizes)
+    for i, (a, b) in enumerate(zip(x.shape, new_sizes)):
+        if a != b:
+            break
+        out[i] = spec[i]
+    kept = sum(s is not None for s in out)
+    if kept != sum(s is not None for s in spec):
+        raise ShardingRuleError(message(
+            "reshape", "a sharded dimension is split or merged",
+            f"{list(x.shape)} sharded {spec} to {list(new_sizes)}",
+            "sharded dimensions left whole", "reshard the operand to replicated first"))
+    return tuple(out)
+
+
+def _reshape_batching(args: Sequence[Any], dims: Sequence[Any], *,
+                      new_sizes: tuple[int, ...]) -> tuple[Any, int]:
+    x = moveaxis(args[0], dims[0], 0)
+    return reshape_p.bind(x, new_sizes=(np.shape(x)[0], *new_sizes)), 0
+
+
+reshape_p = define_primitive(
+    "reshape", abstract_eval=_reshape_eval,
+    lowering=lambda ctx, x, *, new_sizes: hlo.reshape(ctx.out_type(), x),
+    jvp=(lambda g, out, x, **p: reshape_p.bind(g, **p),),
+    transpose=lambda ct, x, *, new_sizes: [reshape_p.bind(ct, new_sizes=x.shape)],
+    batching=_reshape_batching, sharding=_reshape_sharding)
+
+
+# --- transpose(x, permutation) -------------------------------------------------------------------
+
+def _transpose_eval(x: Any, *, permutation: tuple[int, ...]) -> Any:
+    if sorted(permutation) != list(range(len(x.shape))):
+        raise shape_error("transpose", "not a permutation of the axes", list(permutation),
+                          f"a permutation of {list(range(len(x.shape)))}",
+                          "list every axis exactly once")
+    return ShapeDtype(tuple(x.shape[p] for p in permutation), x.dtype, x.weak_type)
+
+
+def _transpose_batching(args: Sequence[Any], dims: Sequence[Any], *,
+                        permutation: tuple[int, ...]) -> tuple[Any, int]:
+    x = moveaxis(args[0], dims[0], 0)
+    return transpose_p.bind(x, permutation=(0, *(p + 1 for p in permutation))), 0
+
+
+transpose_p = define_primitive(
+    "transpose", abstract_eval=_transpose_eval,
+    lowering=lambda ctx, x, *, permutation: hlo.transpose(x, jx.dense_int_array(permutation)),
+    jvp=(lambda g, out, x, **p: transpose_p.bind(g, **p),),
+    transpose=lambda ct, x, *, permutation: [
+        transpose_p.bind(ct, permutation=tuple(int(i) for i in np.argsort(permutation)))],
+    batching=_transpose_batching,
+    sharding=lambda specs, x, *, permutation: tuple(specs[0][p] for p in permutation))
+
+
+# --- slice(x, start_indices, limit_indices) ---------------------------------------------------
+
+def _slice_eval(x: Any, *, start_indices: tuple[int, ...], limit_indices: tuple[int, ...]) -> Any:
+    ok = (len(start_indices) == len(limit_indices) == len(x.shape) and all(
+        0 <= s <= e <= n for s, e, n in zip(start_indices, limit_indices, x.shape)))
+    if not ok:
+        raise shape_error("slice", "bounds outside the operand",
+                          f"{list(start_indices)}:{list(limit_indices)} of {list(x.shape)}",
+                          "0 <= start <= limit <= size in every dimension",
+                          "clip the bounds to the operand's shape")
+    return ShapeDtype(tuple(e - s for s, e in zip(start_indices, limit_indices)), x.dtype,
+                      x.weak_type)
+
+
+def _slice_transpose(ct: Any, x: Linear, *, start_indices: tuple[int, ...],
+                     limit_indices: tuple[int, ...]) -> list[Any]:
+    # the adjoint of cutting out a block is padding it back with zeros on every side
+    out = ct
+    for dim, (s, e, n) in enumerate(zip(start_indices, limit_indices, x.shape)):
+        parts = []
+        if s:
+            parts.append(full(_with(shape_of(out), dim, s), 0, x.dtype))
+        parts.append(out)
+        if n - e:
+            parts.append(full(_with(shape_of(out), dim, n - e), 0, x.dtype))
+        if len(parts) > 1:
+            out = concatenate_p.bind(*parts, dimension=dim)
+    return [out]
+
+
+def _with(shape: tuple[int, ...], dim: int, size: int) -> tuple[int, ...]:
+    return (*shape[:dim], size, *shape[dim + 1:])
+
+
+def _slice_batching(args: Sequence[Any], dims: Sequence[Any], *, start_indices: tuple[int, ...],
+                    limit_indices: tuple[int, ...]) -> tuple[Any, int]:
+    x = moveaxis(args[0], dims[0], 0)
+    return slice_p.bind(x, start_indices=(0, *start_indices),
+                        limit_indices=(np.shape(x)[0], *limit_indices)), 0
+
+
+slice_p = define_primitive(
+    "slice", abstract_eval=_slice_eval,
+    lowering=lambda ctx, x, *, start_indices, limit_indices: hlo.slice(
+        x, jx.dense_int_array(start_indices), jx.dense_int_array(limit_indices),
+        jx.dense_int_array([1] * len(start_indices))),
+    jvp=(lambda g, out, x, **p: slice_p.bind(g, **p),),
+    transpose=_slice_transpose, batching=_slice_batching,
+    sharding=lambda specs, x, **p: specs[0])
+
+
+# --- concatenate(*xs, dimension) ---------------------------------------------------------------
+
+def _concat_eval(*xs: Any, dimension: int) -> Any:
+    first = xs[0]
+    rank = len(first.shape)
+    ok = 0 <= dimension < rank and all(
+        x.dtype == first.dtype and len(x.shape) == rank
+        and all(a == b for i, (a, b) in enumerate(zip(x.shape, first.shape)) if i != dimension)
+        for x in xs)
+    if not ok:
+        raise shape_error("concatenate", "operands differ outside the joined dimension",
+                          ", ".join(f"{x.dtype}{list(x.shape)}" for x in xs),
+                          f"one dtype and equal sizes except along dimension {dimension}",
+                          "reshape or astype the operands to agree")
+    size = sum(x.shape[dimension] for x in xs)
+    return ShapeDtype(_with(first.shape, dimension, size), first.dtype,
+                      all(x.weak_type for x in xs))
+
+
+def _concat_transpose(ct: Any, *xs: Any, dimension: int) -> list[Any]:
+    out, start = [], 0
+    for x in xs:
+        n = x.shape[dimension]
+        if isinstance(x, Linear):
+            lo = [0] * len(x.shape)
+            lo[dimension] = start
+            hi = list(shape_of(ct))
+            hi[dimension] = start + n
+            out.append(slice_p.bind(ct, start_indices=tuple(lo), limit_indices=tuple(hi)))
+        else:
+            out.append(None)
+        start += n
+    return out
+
+
+def _concat_batching(args: Sequence[Any], dims: Sequence[Any], *,
+                     dimension: int) -> tuple[Any, int]:
+    size = batch_size(args, dims)
+    moved = [bdim_to_front(a, d, size) for a, d in zip(args, dims)]
+    return concatenate_p.bind(*moved, dimension=dimension + 1), 0
+
+
+def _concat_jvp(index: int) -> Any:
+    # linear in each operand: the tangent is the concatenation with zeros elsewhere
+    def rule(g: Any, out: Any, *xs: Any, dimension: int) -> Any:
+        parts = [g if i == index else full(shape_of(x), 0, x.dtype) for i, x in enumerate(xs)]
+        return concatenate_p.bind(*parts, dimension=dimension)
+
+    return rule
+
+
+class _ConcatJvp(tuple):
+    """One JVP rule per operand, for any number of operands."""
+
+    def __getitem__(self, i: Any) -> Any:
+        return _concat_jvp(i)
+
+
+def _concat_sharding(specs: Sequence[Spec], *xs: Any, dimension: int) -> Spec:
+    merged = list(merge_specs("concatenate", specs))
+    merged[dimension] = None
+    return tuple(merged)
+
+
+concatenate_p = define_primitive(
+    "concatenate", abstract_eval=_concat_eval,
+    lowering=lambda ctx, *xs, dimension: hlo.concatenate(list(xs), dimension),
+    jvp=_ConcatJvp(), transpose=_concat_transpose, batching=_concat_batching,
+    sharding=_concat_sharding)
+
+
+# ----------------------------------------------------------------------------------------------
+# Wrappers
+# ----------------------------------------------------------------------------------------------
+
+def broadcast_to(x: Any, shape: Sequence[int]) -> Any:
+    """`x` broadcast to `shape` with NumPy's rules."""
+    return _broadcast_to(x, shape=tuple(int(d) for d in shape))
+
+
+@op(static_argnames=("shape",))
+def _broadcast_to(x: Any, *, shape: tuple[int, ...]) -> Any:
+    check_array_like("broadcast_to", x)
+    xshape = shape_of(x)
+    ok = len(xshape) <= len(shape) and all(
+        a in (1, b) for a, b in zip(xshape[::-1], shape[::-1]))
+    if not ok:
+        raise shape_error("broadcast_to", "operand does not broadcast to the shape",
+                          list(xshape), f"a shape that broadcasts to {list(shape)}",
+                          "give a target whose trailing dims match the operand's or are 1")
+    (x,) = promote("broadcast_to", x)
+    dims = tuple(range(len(shape) - len(xshape), len(shape)))
+    if xshape == shape:
+        return x
+    return broadcast_in_dim_p.bind(x, shape=shape, broadcast_dimensions=dims)
+
+
+def reshape(x: Any, shape: int | Sequence[int]) -> Any:
+    """`x` with a new shape holding the same elements (row-major); one -1 is inferred."""
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
+    return _reshape(x, shape=shape)
+
+
+@op(static_argnames=("shape",))
+def _reshape(x: Any, *, shape: tuple[int, ...]) -> Any:
+    (x,) = promote("reshape", x)
+    size = math.prod(shape_of(x))
+    if shape.count(-1) > 1:
+        raise shape_error("reshape", "more than one -1", list(shape), "at most one -1",
+                          "spell out all but one dimension")
+    if -1 in shape:
+        known = math.prod(d for d in shape if d != -1)
+        if known == 0 or size % known:
+            raise shape_error("reshape", "cannot infer -1", f"{list(shape_of(x))} to {list(shape)}",
+                              "a shape whose known dims divide the size",
+                              "pick dims that divide the number of elements")
+        shape = tuple(size // known if d == -1 else d for d in shape)
+    if shape == shape_of(x):
+        return x
+    return reshape_p.bind(x, new_sizes=shape)
+
+
+def transpose(x: Any, axes: Sequence[int] | None = None) -> Any:
+    """Permute the axes of `x` (reverse them when `axes` is None)."""
+    return _transpose(x, axes=None if axes is None else tuple(int(a) for a in axes))
+
+
+@op(static_argnames=("axes",))
+def _transpose(x: Any, *, axes: tuple[int, ...] | None) -> Any:
+    (x,) = promote("transpose", x)
+    ndim = len(shape_of(x))
+    if axes is None:
+        perm = tuple(reversed(range(ndim)))
+    else:
+        if len(axes) != ndim:
+            raise shape_error("transpose", "wrong number of axes", list(axes),
+                              f"{ndim} axes", "list every axis of the operand once")
+        perm = tuple(canonical_axis("transpose", a, ndim) for a in axes)
+    if perm == tuple(range(ndim)):
+        return x
+    return transpose_p.bind(x, permutation=perm)
+
+
+def expand_dims(x: Any, axis: int | Sequence[int]) -> Any:
+    """Insert size-1 axes at the positions `axis` of the result."""
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    return _expand_dims(x, axis=tuple(int(a) for a in axes))
+
+
+@op(static_argnames=("axis",))
+def _expand_dims(x: Any, *, axis: tuple[int, ...]) -> Any:
+    (x,) = promote("expand_dims", x)
+    shape = list(shape_of(x))
+    out_ndim = len(shape) + len(axis)
+    for a in canonical_axes("expand_dims", axis, out_ndim):
+        shape.insert(a, 1)
+    return reshape_p.bind(x, new_sizes=tuple(shape))
+
+
+def squeeze(x: Any, axis: int | Sequence[int] | None = None) -> Any:
+    """Remove size-1 axes (all of them when `axis` is None)."""
+    if axis is not None:
+        axis = (int(axis),) if isinstance(axis, (int, np.integer)) else tuple(int(a) for a in axis)
+    return _squeeze(x, axis=axis)
+
+
+@op(static_argnames=("axis",))
+def _squeeze(x: Any, *, axis: tuple[int, ...] | None) -> Any:
+    (x,) = promote("squeeze", x)
+    shape = shape_of(x)
+    if axis is None:
+        axes = tuple(i for i, d in enumerate(shape) if d == 1)
+    else:
+        axes = canonical_axes("squeeze", axis, len(shape))
+        bad = [a for a in axes if shape[a] != 1]
+        if bad:
+            raise shape_error("squeeze", "axis is not of size 1", f"axes {bad} of {list(shape)}",
+                              "axes of size 1", "squeeze only size-1 axes (or reshape)")
+    if not axes:
+        return x
+    return reshape_p.bind(x, new_sizes=tuple(d for i, d in enumerate(shape) if i not in axes))
+
+
+def concatenate(arrays: Sequence[Any], axis: int = 0) -> Any:
+    """Join arrays along an existing axis (dtypes are promoted)."""
+    if not isinstance(arrays, (list, tuple)) or not arrays:
+        raise type_error("concatenate", "needs a non-empty sequence of arrays",
+                         type(arrays).__name__, "a list or tuple of arrays",
+                         "pass [a, b, ...]")
+    return _concatenate(list(arrays), axis=int(axis))
+
+
+@op(static_argnames=("axis",))
+def _concatenate(arrays: list[Any], *, axis: int) -> Any:
+    ranks = {len(shape_of(a)) for a in arrays}
+    if len(ranks) != 1 or 0 in ranks:
+        raise shape_error("concatenate", "operands of different or zero rank",
+                          [list(shape_of(a)) for a in arrays], "arrays of one rank >= 1",
+                          "expand_dims or reshape the operands to one rank")
+    dim = canonical_axis("concatenate", axis, ranks.pop())
+    dtype_args = promote_dtypes("concatenate", arrays)
+    if len(dtype_args) == 1:
+        return dtype_args[0]
+    return concatenate_p.bind(*dtype_args, dimension=dim)
