@@ -198,7 +198,12 @@ def _linear_in(fn: Callable[..., Any], args: Sequence[Any], idxs: Sequence[int])
     mixed = [np.asarray(2 * u - 3 * w, u.dtype) for u, w in zip(us, ws)]
     lhs = np.asarray(g(*mixed), np.float64)
     rhs = 2 * np.asarray(g(*us), np.float64) - 3 * np.asarray(g(*ws), np.float64)
-    return bool(np.allclose(lhs, rhs, rtol=1e-4, atol=1e-4))
+    tol = _linear_tol(fn, args)
+    return bool(np.allclose(lhs, rhs, rtol=tol, atol=tol))
+
+
+def _linear_tol(fn: Callable[..., Any], args: Sequence[Any]) -> float:
+    return 2e-2 if np.dtype(jax.eval_shape(fn, *args).dtype).itemsize < 4 else 1e-4
 
 
 def _check_transpose(prim: Primitive, fail: Callable[..., Exception], fn: Callable[..., Any],
@@ -226,7 +231,8 @@ def _check_transpose(prim: Primitive, fail: Callable[..., Exception], fn: Callab
         lhs = float(np.vdot(ct.astype(np.float64), jv.astype(np.float64)))
         rhs = sum(float(np.vdot(np.asarray(t, np.float64), v.astype(np.float64)))
                   for t, v in zip(jt_ct, vs))
-        if not np.isclose(lhs, rhs, rtol=1e-4, atol=1e-4):
+        tol = _linear_tol(fn, args)
+        if not np.isclose(lhs, rhs, rtol=tol, atol=tol):
             raise fail("transpose", f"operands {idxs}: dot-product test <ct, J v> = {lhs:.6g} "
                                     f"but <J^T ct, v> = {rhs:.6g}")
     return None
