@@ -14,6 +14,7 @@ from adplugin._primitive import (
     get_primitive as get_primitive,
     list_primitives as list_primitives,
 )
+from adplugin import extend as extend, testing as testing
 from adplugin.primitives.conversion import astype as astype, stop_gradient as stop_gradient
 from adplugin.primitives.elementwise import (
     abs as abs,
@@ -55,6 +56,11 @@ from adplugin.primitives.shape import (
     squeeze as squeeze,
     transpose as transpose,
 )
-# --- reductions (reductions.py) ---
-# --- linalg (linalg.py) ---
-# --- indexing (indexing.py) ---
+from adplugin.primitives.reductions import (
+    logsumexp as logsumexp,
+    max as max,
+    mean as mean,
+    sum as sum,
+)
+from adplugin.primitives.linalg import dot as dot, matmul as matmul
+from adplugin.primitives.indexing import take as take

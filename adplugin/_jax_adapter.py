@@ -122,6 +122,12 @@ class LoweringContext:
     def out_type(self, index: int = 0) -> Any:
         return self.ir_type(self._ctx.avals_out[index])
 
+    def full(self, value: Any, aval: Any = None) -> Any:
+        """A constant filled with `value`, shaped and typed like `aval` (default: the output)."""
+        aval = self._ctx.avals_out[0] if aval is None else aval
+        scalar = ir_constant(np.asarray(value, aval.dtype))
+        return hlo.broadcast_in_dim(self.ir_type(aval), scalar, dense_int_array(()))
+
 
 _AVAL_TO_IR_TYPE_TAKES_MODULE_CONTEXT = len(inspect.signature(mlir.aval_to_ir_type).parameters) > 1
 

@@ -35,7 +35,16 @@ def op(*, static_argnames: Sequence[str] = ()) -> Callable[[F], F]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if _symbolic_types and _any_symbolic(args):
                 return fn(*args, **kwargs)
-            return jitted(*args, **kwargs)
+            try:
+                return jitted(*args, **kwargs)
+            except TypeError as e:
+                if "as an abstract array" not in str(e):
+                    raise
+                name = fn.__name__.lstrip("_")
+                bad = next((a for a in args if isinstance(a, (str, bytes)) or a is None), None)
+                raise type_error(name, "operand is not an array", f"{type(bad).__name__} "
+                                 f"{bad!r:.60}", "a JAX/NumPy array, a Python scalar or a graph "
+                                 "tensor", "convert it with jnp.asarray or ap.constant") from None
 
         wrapper.raw = fn  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]

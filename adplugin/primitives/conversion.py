@@ -36,8 +36,7 @@ def _convert_lower(ctx: Any, x: Any, *, new_dtype: np.dtype, weak_type: bool) ->
         return x
     if np.dtype(new_dtype) == np.dtype(bool) and src.kind == "f":
         # any-to-bool is "x != 0" (NaN is true), spelled out as jax does
-        zero = hlo.broadcast_in_dim(ctx.ir_type(ctx.avals_in[0]),
-                                    jx.ir_constant(np.zeros((), src)), jx.dense_int_array(()))
+        zero = ctx.full(0, ctx.avals_in[0])
         return hlo.compare(x, zero, hlo.ComparisonDirectionAttr.get("NE"),
                            compare_type=hlo.ComparisonTypeAttr.get("FLOAT"))
     return hlo.convert(ctx.out_type(), x)

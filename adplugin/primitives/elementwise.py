@@ -23,7 +23,7 @@ from adplugin._primitive import (
 )
 from adplugin._errors import type_error
 from adplugin.primitives._rules import bind, full_like, zeros_like
-from adplugin.primitives._wrapping import op, promote, promote_inexact
+from adplugin.primitives._wrapping import convert, dtype_of, op, promote, promote_inexact
 
 hlo = jx.hlo
 
@@ -131,7 +131,8 @@ sqrt_p = _unary("sqrt", hlo.sqrt,
                 (lambda g, out, x: mul_p.bind(g, div_p.bind(full_like(out, 0.5), out)),),
                 kinds="f")
 square_p = _unary("square", lambda x: hlo.multiply(x, x),
-                  (lambda g, out, x: mul_p.bind(g, mul_p.bind(full_like(x, 2), x)),))
+                  (lambda g, out, x: mul_p.bind(g, mul_p.bind(full_like(x, 2), x)),),
+                  kinds="fiub")
 
 
 # abs' = 1 for x >= 0, -1 otherwise (jax.grad's convention at 0)
@@ -139,8 +140,20 @@ def _abs_jvp(g: Any, out: Any, x: Any) -> Any:
     return bind("select", bind("ge", x, zeros_like(x)), g, neg_p.bind(g))
 
 
-abs_p = _unary("abs", hlo.abs, (_abs_jvp,))
-sign_p = _unary("sign", hlo.sign, ZERO_DERIVATIVE)
+abs_p = _unary("abs", hlo.abs, (_abs_jvp,), kinds="fi")
+
+
+def _sign_lower(ctx: Any, x: Any) -> Any:
+    if np.dtype(ctx.avals_in[0].dtype).kind != "u":
+        return hlo.sign(x)
+    # stablehlo.sign takes no unsigned operands: sign(x) = (x != 0)
+    nonzero = hlo.compare(x, ctx.full(0), hlo.ComparisonDirectionAttr.get("NE"),
+                          compare_type=hlo.ComparisonTypeAttr.get("UNSIGNED"))
+    return hlo.select(nonzero, ctx.full(1), ctx.full(0))
+
+
+sign_p = define_primitive("sign", abstract_eval=_typed_eval("sign", "fiu"), lowering=_sign_lower,
+                          jvp=ZERO_DERIVATIVE, elementwise=True)
 
 
 # max/min: at ties the derivative is shared equally between the operands, as in jax.grad
@@ -165,9 +178,10 @@ def _replace_zero(x: Any) -> Any:
 
 
 def _pow_jvp_base(g: Any, out: Any, x: Any, y: Any) -> Any:
-    # d/dx x^y = y x^(y-1), taken as 0 where y == 0 (so 0^0 has derivative 0, as in jax.grad)
+    # d/dx x^y = y x^(y-1); for integer exponents taken as 0 where y == 0 (as in jax.grad)
     jac = mul_p.bind(y, pow_p.bind(x, sub_p.bind(y, full_like(y, 1))))
-    jac = bind("select", bind("eq", y, zeros_like(y)), zeros_like(y), jac)
+    if dtype_of(y).kind != "f":
+        jac = bind("select", bind("eq", y, zeros_like(y)), zeros_like(y), jac)
     return mul_p.bind(g, jac)
 
 
@@ -190,13 +204,8 @@ def _integer_pow_lower(ctx: Any, x: Any, *, y: int) -> Any:
         if n:
             base = hlo.multiply(base, base)
     if acc is None:
-        acc = hlo.broadcast_in_dim(ctx.out_type(), jx.ir_constant(np.ones((), ctx.avals_out[0].dtype)),
-                                   jx.dense_int_array(()))
-    if y < 0:
-        one = jx.ir_constant(np.ones((), ctx.avals_out[0].dtype))
-        one = hlo.broadcast_in_dim(ctx.out_type(), one, jx.dense_int_array(()))
-        acc = hlo.divide(one, acc)
-    return acc
+        return ctx.full(1)
+    return hlo.divide(ctx.full(1), acc) if y < 0 else acc
 
 
 def _integer_pow_jvp(g: Any, out: Any, x: Any, *, y: int) -> Any:
@@ -286,7 +295,13 @@ def _unary_wrapper(prim: Primitive, name: str, doc: str, inexact: bool) -> Calla
     return op()(fn)
 
 
-square = _unary_wrapper(square_p, "square", "x * x.", inexact=False)
+@op()
+def square(x: Any) -> Any:
+    """x * x (booleans are squared as integers, as in jax.numpy)."""
+    (x,) = promote("square", x)
+    if dtype_of(x).kind == "b":
+        x = convert(x, jx.canonical_dtype(np.int64))
+    return square_p.bind(x)
 sqrt = _unary_wrapper(sqrt_p, "sqrt", "Square root (derivative +inf at 0, as in jax.grad).", True)
 exp = _unary_wrapper(exp_p, "exp", "e ** x.", True)
 log = _unary_wrapper(log_p, "log", "Natural logarithm.", True)
@@ -296,5 +311,12 @@ sin = _unary_wrapper(sin_p, "sin", "Sine.", True)
 cos = _unary_wrapper(cos_p, "cos", "Cosine.", True)
 tanh = _unary_wrapper(tanh_p, "tanh", "Hyperbolic tangent.", True)
 sigmoid = _unary_wrapper(logistic_p, "sigmoid", "Logistic sigmoid 1 / (1 + exp(-x)).", True)
-abs = _unary_wrapper(abs_p, "abs", "Absolute value (derivative 1 at 0, as in jax.grad).", False)
+_abs_signed = _unary_wrapper(abs_p, "abs", "", inexact=False)
+
+
+def abs(x: Any) -> Any:
+    """Absolute value (derivative 1 at 0, as in jax.grad); unsigned and boolean input as is."""
+    if dtype_of(x).kind in "ub":
+        return x
+    return _abs_signed(x)
 sign = _unary_wrapper(sign_p, "sign", "Sign: -1, 0 or 1 (derivative zero).", False)

@@ -1,0 +1,17 @@
+"""What a user needs to write the StableHLO lowering of their own primitive.
+
+    from adplugin.extend import hlo
+    softplus_p = ap.define_primitive("mylib.softplus", lowering=..., jvp=(...,), elementwise=True)
+
+`hlo` is the StableHLO dialect's Python builder (`hlo.add`, `hlo.exponential`, ...); a lowering
+rule gets `ctx` (with `ctx.out_type()` and `ctx.avals_in`) and the operands as IR values.
+"""
+
+from adplugin._jax_adapter import (
+    LoweringContext as LoweringContext,
+    dense_int_array as dense_int_array,
+    hlo as hlo,
+    ir as ir,
+    ir_constant as ir_constant,
+    scalar_ir_type as scalar_ir_type,
+)
