@@ -64,3 +64,15 @@ from adplugin.primitives.reductions import (
 )
 from adplugin.primitives.linalg import dot as dot, matmul as matmul
 from adplugin.primitives.indexing import take as take
+from adplugin.ir.graph import (  # noqa: E402
+    Graph as Graph,
+    Node as Node,
+    Tensor as Tensor,
+    constant as constant,
+    get_default_graph as get_default_graph,
+    placeholder as placeholder,
+)
+from adplugin.ir import operators as _operators  # noqa: E402,F401
+from adplugin.transforms.forward import forward_gradients as forward_gradients  # noqa: E402
+from adplugin.transforms.reverse import gradients as gradients, hessians as hessians  # noqa: E402
+from adplugin.transforms.simplify import simplify as simplify  # noqa: E402

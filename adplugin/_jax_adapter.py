@@ -42,6 +42,9 @@ Zero = ad.Zero
 not_mapped = None  # batching's marker for an operand without a batch dimension
 
 
+JAX_VALUE_TYPES = (jax.Array, _public_core.Tracer)
+
+
 def is_tracer(x: Any) -> bool:
     return isinstance(x, _public_core.Tracer)
 

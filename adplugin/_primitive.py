@@ -83,9 +83,15 @@ class Primitive:
 
     def bind(self, *args: Any, **params: Any) -> Any:
         if _symbolic_types:
+            handler = None
             for a in args:
-                if type(a) in _symbolic_types:
-                    return _symbolic_bind[0](self, args, params)
+                h = _symbolic_handlers.get(type(a))
+                if h is not None and (handler is None or h[0] > handler[0]):
+                    handler = h
+            if handler is not None:
+                return handler[1](self, args, params)
+            if active_builders and not any(isinstance(a, jx.JAX_VALUE_TYPES) for a in args):
+                return active_builders[-1](self, args, params)  # constants inside a graph
         return self.jax_primitive.bind(*args, **params)
 
     @property
@@ -98,13 +104,23 @@ class Primitive:
 
 _registry: dict[str, Primitive] = {}
 _symbolic_types: set[type] = set()
-_symbolic_bind: list[Callable[[Primitive, Sequence[Any], dict[str, Any]], Any]] = []
+SymbolicBind = Callable[[Primitive, Sequence[Any], dict[str, Any]], Any]
+_symbolic_handlers: dict[type, tuple[int, SymbolicBind]] = {}
 
 
-def register_symbolic_type(cls: type, bind: Callable[..., Any]) -> None:
-    """Make `Primitive.bind` add a graph node when an argument is an instance of `cls`."""
+# Builders of graphs being built (innermost last): inside one, an op whose arguments are all
+# constants (NumPy arrays, Python scalars) adds a node too, as in TensorFlow's graph mode.
+active_builders: list[SymbolicBind] = []
+
+
+def register_symbolic_type(cls: type, bind: SymbolicBind, priority: int = 0) -> None:
+    """Make `Primitive.bind` call `bind(prim, args, params)` when an argument is a `cls`.
+
+    Graph tensors add a graph node this way; when arguments of several symbolic types meet,
+    the handler of highest priority takes the call.
+    """
     _symbolic_types.add(cls)
-    _symbolic_bind[:] = [bind]
+    _symbolic_handlers[cls] = (priority, bind)
 
 
 def is_symbolic(x: Any) -> bool:

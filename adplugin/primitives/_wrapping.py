@@ -15,7 +15,7 @@ import numpy as np
 
 from adplugin import _jax_adapter as jx
 from adplugin._errors import axis_error, shape_error, type_error
-from adplugin._primitive import _symbolic_types, get_primitive
+from adplugin._primitive import _symbolic_types, active_builders, get_primitive
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,7 +33,8 @@ def op(*, static_argnames: Sequence[str] = ()) -> Callable[[F], F]:
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if _symbolic_types and _any_symbolic(args):
+            if _symbolic_types and (_any_symbolic(args) or (
+                    active_builders and not _any_jax_value(args))):
                 return fn(*args, **kwargs)
             try:
                 return jitted(*args, **kwargs)
@@ -50,6 +51,10 @@ def op(*, static_argnames: Sequence[str] = ()) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _any_jax_value(args: Sequence[Any]) -> bool:
+    return any(isinstance(a, jx.JAX_VALUE_TYPES) for a in args)
 
 
 def _any_symbolic(args: Sequence[Any]) -> bool:

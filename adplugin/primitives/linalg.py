@@ -162,10 +162,10 @@ def _dot_sharding(specs: Sequence[Spec], x: Any, y: Any, *,
 
 dot_general_p = define_primitive(
     "dot_general", abstract_eval=_dot_eval, lowering=_dot_lower,
-    jvp=(lambda g, out, x, y, *, dimension_numbers: dot_general_p.bind(
-             g, y, dimension_numbers=dimension_numbers),
-         lambda g, out, x, y, *, dimension_numbers: dot_general_p.bind(
-             x, g, dimension_numbers=dimension_numbers)),
+    jvp=(lambda g, out, x, y, *, dimension_numbers: bind(  # bilinear: d(xy) = dx y + x dy
+             "dot_general", g, y, dimension_numbers=dimension_numbers),
+         lambda g, out, x, y, *, dimension_numbers: bind(
+             "dot_general", x, g, dimension_numbers=dimension_numbers)),
     transpose=_dot_transpose, batching=_dot_batching, sharding=_dot_sharding)
 
 
@@ -274,7 +274,7 @@ def dot(a: Any, b: Any) -> Any:
     a, b = promote_dtypes("dot", [a, b])
     bk = 0 if len(b_shape) == 1 else len(b_shape) - 2
     if a_shape[-1] != b_shape[bk]:
-        raise _contraction_error("dot", a_shape, b_shape, a_shape[-1], b_shape[bk],
-                                 "only dimension" if len(b_shape) == 1 else "second-to-last dimension")
+        which = "only dimension" if len(b_shape) == 1 else "second-to-last dimension"
+        raise _contraction_error("dot", a_shape, b_shape, a_shape[-1], b_shape[bk], which)
     dn = (((len(a_shape) - 1,), (bk,)), ((), ()))
     return dot_general_p.bind(a, b, dimension_numbers=dn)

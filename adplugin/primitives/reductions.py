@@ -53,8 +53,8 @@ def _reduce_eval(name: str, kinds: str) -> Callable[..., ShapeDtype]:
         dtype = np.dtype(x.dtype)
         kind = "f" if _is_float(dtype) else dtype.kind
         if kind not in kinds:
-            raise type_error(name, "unsupported dtype", dtype.name,
-                             "a numeric operand" if "b" not in kinds else "a real operand",
+            expected = ("a boolean, " if "b" in kinds else "an ") + "integer or float operand"
+            raise type_error(name, "unsupported dtype", dtype.name, expected,
                              "convert with ap.astype, or call the NumPy-style wrapper")
         ndim = len(x.shape)
         if list(axes) != sorted(set(axes)) or any(not 0 <= a < ndim for a in axes):
@@ -117,7 +117,7 @@ def _sum_transpose(ct: Any, x: Linear, *, axes: tuple[int, ...]) -> list[Any]:
 reduce_sum_p = define_primitive(
     "reduce_sum", abstract_eval=_reduce_eval("reduce_sum", "fiu"),
     lowering=_reduce_lowering(hlo.add, lambda dtype: np.zeros((), dtype)),
-    jvp=(lambda g, out, x, *, axes: reduce_sum_p.bind(g, axes=axes),),
+    jvp=(lambda g, out, x, *, axes: bind("reduce_sum", g, axes=axes),),
     transpose=_sum_transpose, sharding=_reduce_sharding,
     batching=_reduce_batching("reduce_sum"))
 

@@ -1,0 +1,1 @@
+"""The graph IR: `Graph`, `Node`, `Tensor`, printing and verification."""

@@ -1,0 +1,284 @@
+"""The operation graph: nodes are primitive applications, tensors are the values between them.
+
+A `Graph` is append-only and its nodes are immutable: a node, once added, never changes, so a
+tensor names one value for the life of the graph. Nodes are kept in creation order, which is a
+topological order (a node's inputs always exist before it). Transforms either append derived
+nodes (`gradients` does, as TensorFlow's does) or build a new graph (`simplify`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from adplugin import _jax_adapter as jx
+from adplugin._errors import AdpluginError, message
+from adplugin._primitive import (
+    Primitive,
+    ShapeDtype,
+    _as_shape_dtype,
+    active_builders,
+    register_symbolic_type,
+)
+
+PLACEHOLDER = "placeholder"
+CONSTANT = "constant"
+FORWARD = "forward"
+DERIVATIVE = "derivative"
+
+
+class GraphError(AdpluginError, ValueError):
+    """A graph was used inconsistently (foreign tensor, missing or wrong feed, ...)."""
+
+
+class Node:
+    """One primitive application (or a placeholder or constant) with its static params."""
+
+    __slots__ = ("id", "op", "inputs", "params", "output", "role", "name", "value")
+
+    def __init__(self, id: int, op: Primitive | str, inputs: tuple[Tensor, ...],
+                 params: dict[str, Any], role: str, name: str | None, value: Any = None):
+        self.id, self.op, self.inputs, self.params = id, op, inputs, params
+        self.role, self.name, self.value = role, name, value
+        self.output: Tensor
+
+    @property
+    def kind(self) -> str:
+        return self.op if isinstance(self.op, str) else "op"
+
+    @property
+    def op_name(self) -> str:
+        return self.op if isinstance(self.op, str) else self.op.name
+
+    def __repr__(self) -> str:
+        return f"Node({self.id}, {self.op_name}, role={self.role})"
+
+
+class Tensor:
+    """A symbolic value of a graph: shape, dtype and the node that computes it.
+
+    Works with every `ap.*` op and with Python operators (`2*a*b**2 + 3*a**2*b`).
+    """
+
+    __slots__ = ("graph", "node", "shape", "dtype", "weak_type", "__weakref__")
+    __array_priority__ = 1000  # numpy scalars defer to our operators
+
+    def __init__(self, graph: Graph, node: Node, aval: ShapeDtype):
+        self.graph, self.node = graph, node
+        self.shape, self.dtype, self.weak_type = aval.shape, aval.dtype, aval.weak_type
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def name(self) -> str:
+        return self.node.name or f"%{self.node.id}"
+
+    @property
+    def type_str(self) -> str:
+        return f"{_short_dtype(self.dtype)}{list(self.shape)}".replace(" ", "")
+
+    def __repr__(self) -> str:
+        return f"<Tensor {self.name}: {self.type_str} = {self.node.op_name}>"
+
+    def __bool__(self) -> bool:
+        raise GraphError(message(
+            "Tensor.__bool__", "a symbolic tensor has no truth value", repr(self),
+            "a concrete value", "use ap.where for data-dependent choices, or run the graph"))
+
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        raise GraphError(message(
+            "Tensor.__array__", "a symbolic tensor has no value until the graph runs",
+            repr(self), "a concrete array", "fetch it with graph.run(tensor, feed_dict)"))
+
+    # operators are attached below, from the ap.* ops
+
+
+_DTYPE_SHORT = {"float": "f", "int": "i", "uint": "u", "bool": "bool", "bfloat": "bf"}
+
+
+def _short_dtype(dtype: np.dtype) -> str:
+    name = np.dtype(dtype).name
+    for long, short in _DTYPE_SHORT.items():
+        if name.startswith(long):
+            return name.replace(long, short, 1)
+    return name
+
+
+class Graph:
+    """An operation graph; `with ap.Graph() as g:` makes it the default for new tensors."""
+
+    _ids = itertools.count()
+
+    def __init__(self, name: str | None = None):
+        self.name = name or f"graph{next(Graph._ids)}"
+        self.nodes: list[Node] = []
+        self._role = FORWARD
+        self._names: set[str] = set()
+        self._compiled: dict[Any, Any] = {}
+
+    # --- building ---------------------------------------------------------------------------
+
+    def _add(self, op: Primitive | str, inputs: tuple[Tensor, ...], params: dict[str, Any],
+             aval: ShapeDtype, name: str | None = None, value: Any = None) -> Tensor:
+        if name is not None:
+            name = self._unique(name)
+        node = Node(len(self.nodes), op, inputs, params, self._role, name, value)
+        node.output = Tensor(self, node, aval)
+        self.nodes.append(node)
+        return node.output
+
+    def _unique(self, name: str) -> str:
+        candidate, k = name, 1
+        while candidate in self._names:
+            candidate, k = f"{name}_{k}", k + 1
+        self._names.add(candidate)
+        return candidate
+
+    def placeholder(self, shape: Sequence[int], dtype: Any = np.float32,
+                    name: str | None = None) -> Tensor:
+        aval = ShapeDtype(tuple(int(d) for d in shape), jx.canonical_dtype(dtype))
+        return self._add(PLACEHOLDER, (), {}, aval, name or "placeholder")
+
+    def constant(self, value: Any, dtype: Any = None, name: str | None = None) -> Tensor:
+        if isinstance(value, Tensor):
+            raise GraphError(message("constant", "the value is already a tensor", repr(value),
+                                     "a concrete array or scalar", "use the tensor directly"))
+        weak = dtype is None and isinstance(value, (bool, int, float, complex))
+        dtype = jx.canonical_dtype(dtype if dtype is not None else jx.result_type(value)[0])
+        array = np.asarray(value, dtype)
+        return self._add(CONSTANT, (), {}, ShapeDtype(array.shape, array.dtype, weak), name,
+                         array)
+
+    def apply(self, prim: Primitive, args: Sequence[Any], params: dict[str, Any]) -> Tensor:
+        """Add a node applying `prim` (non-tensor arguments become constants)."""
+        inputs = tuple(self._as_tensor(a, prim.name) for a in args)
+        aval = _as_shape_dtype(prim.abstract_eval(*inputs, **params))
+        return self._add(prim, inputs, params, aval)
+
+    def _as_tensor(self, x: Any, op: str) -> Tensor:
+        if isinstance(x, Tensor):
+            if x.graph is not self:
+                raise GraphError(message(
+                    op, "a tensor of another graph", f"{x!r} of {x.graph.name}",
+                    f"tensors of {self.name}", "build all the tensors of one computation in "
+                    "one graph"))
+            return x
+        if isinstance(x, Linear):
+            raise TypeError(f"ap.{op}: an unknown linear value cannot enter the graph")
+        return self.constant(np.asarray(x) if not isinstance(x, (bool, int, float)) else x)
+
+    @contextmanager
+    def derivative_nodes(self) -> Iterator[None]:
+        """Nodes added inside are marked as derivative nodes (drawn apart from forward ones)."""
+        saved, self._role = self._role, DERIVATIVE
+        try:
+            yield
+        finally:
+            self._role = saved
+
+    # --- default graph ----------------------------------------------------------------------
+
+    def __enter__(self) -> Graph:
+        _stack().append(self)
+        active_builders.append(self._bind)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        active_builders.pop()
+        _stack().pop()
+
+    def _bind(self, prim: Primitive, args: Sequence[Any], params: dict[str, Any]) -> Tensor:
+        return self.apply(prim, args, params)
+
+    @contextmanager
+    def building(self) -> Iterator[Graph]:
+        """Inside, ops on constants alone add nodes to this graph (not the default one)."""
+        active_builders.append(self._bind)
+        try:
+            yield self
+        finally:
+            active_builders.pop()
+
+    # --- inspection -------------------------------------------------------------------------
+
+    @property
+    def placeholders(self) -> list[Tensor]:
+        return [n.output for n in self.nodes if n.op == PLACEHOLDER]
+
+    def verify(self) -> None:
+        """Check the invariants: topological order, own tensors, types agree with the rules."""
+        from adplugin.ir.verify import verify
+
+        verify(self)
+
+    def to_text(self, outputs: Sequence[Tensor] | None = None) -> str:
+        from adplugin.ir.printing import to_text
+
+        return to_text(self, outputs)
+
+    def to_dot(self, outputs: Sequence[Tensor] | None = None) -> str:
+        from adplugin.ir.printing import to_dot
+
+        return to_dot(self, outputs)
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    def run(self, fetches: Any, feed_dict: dict[Tensor, Any] | None = None) -> Any:
+        """Compile (once per fetch and feed set) and run; returns fetches' values."""
+        from adplugin.lowering.run import run
+
+        return run(self, fetches, feed_dict or {})
+
+    def __repr__(self) -> str:
+        return f"<Graph {self.name}: {len(self.nodes)} nodes>"
+
+
+from adplugin._primitive import Linear  # noqa: E402  (after Tensor: no cycle at import)
+
+_local = threading.local()
+
+
+def _stack() -> list[Graph]:
+    if not hasattr(_local, "stack"):
+        _local.stack = []
+    return _local.stack
+
+
+def get_default_graph() -> Graph:
+    """The innermost `with ap.Graph():` graph (a process-wide one outside of any)."""
+    stack = _stack()
+    if stack:
+        return stack[-1]
+    if not hasattr(_local, "global_graph"):
+        _local.global_graph = Graph("default")
+    return _local.global_graph
+
+
+def placeholder(shape: Sequence[int], dtype: Any = np.float32, name: str | None = None) -> Tensor:
+    """A graph input to be fed at run time (TensorFlow 1 style)."""
+    return get_default_graph().placeholder(shape, dtype, name)
+
+
+def constant(value: Any, dtype: Any = None, name: str | None = None) -> Tensor:
+    """A constant node of the default graph."""
+    return get_default_graph().constant(value, dtype, name)
+
+
+def _graph_bind(prim: Primitive, args: Sequence[Any], params: dict[str, Any]) -> Any:
+    graph = next(a.graph for a in args if type(a) is Tensor)
+    return graph.apply(prim, args, params)
+
+
+register_symbolic_type(Tensor, _graph_bind)

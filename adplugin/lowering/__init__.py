@@ -1,0 +1,1 @@
+"""Graph -> StableHLO -> compiled XLA executable, cached by graph structure; execution."""

@@ -1,0 +1,118 @@
+"""Running a graph: cut at the feeds, simplify, lower through `jax.jit`, cache, execute.
+
+Each node's primitive is bound on JAX tracers, so the lowered module is the StableHLO of
+adplugin's primitives. The executable is cached per graph and per (fetches, feeds) set; the
+graph is append-only, so that set always names the same computation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpy as np
+
+from adplugin._errors import message
+from adplugin.ir.graph import CONSTANT, PLACEHOLDER, GraphError, Node, Tensor
+
+if TYPE_CHECKING:
+    from adplugin.ir.graph import Graph
+
+
+def evaluate(nodes: Sequence[Node], outputs: Sequence[Tensor], env: dict[int, Any]) -> list[Any]:
+    """Values of `outputs`, binding each node's primitive in order (`env`: fed values by id)."""
+    for node in nodes:
+        if node.id in env:
+            continue
+        if node.op == CONSTANT:
+            env[node.id] = node.value
+        elif node.op == PLACEHOLDER:
+            raise GraphError(message(
+                "Graph.run", "a placeholder the fetches depend on was not fed",
+                f"no value for {node.output!r}", "a feed_dict entry for every placeholder used",
+                f"pass feed_dict={{{node.output.name}: value}}"))
+        else:
+            node_op = node.op
+            env[node.id] = node_op.bind(*[env[i.node.id] for i in node.inputs], **node.params)
+    return [env[t.node.id] for t in outputs]
+
+
+def _needed(graph: Graph, outputs: Sequence[Tensor], fed: set[int]) -> list[Node]:
+    keep: set[int] = set()
+    stack = [t.node for t in outputs]
+    while stack:
+        node = stack.pop()
+        if node.id in keep:
+            continue
+        keep.add(node.id)
+        if node.id not in fed:
+            stack.extend(i.node for i in node.inputs)
+    return [n for n in graph.nodes if n.id in keep]
+
+
+def _check_fetch(graph: Graph, t: Any) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise GraphError(message("Graph.run", "a fetch is not a tensor", repr(t)[:80],
+                                 "tensors of this graph", "fetch the tensors the ops returned"))
+    if t.graph is not graph:
+        raise GraphError(message("Graph.run", "fetched a tensor of another graph",
+                                 f"{t!r} of {t.graph.name}", f"a tensor of {graph.name}",
+                                 "run the graph the tensor was built in"))
+    return t
+
+
+def _check_feed(graph: Graph, t: Any, value: Any) -> Any:
+    if not isinstance(t, Tensor) or t.graph is not graph:
+        raise GraphError(message("Graph.run", "a feed_dict key is not a tensor of this graph",
+                                 repr(t)[:80], f"placeholders of {graph.name}",
+                                 "key the feed_dict by the placeholders themselves"))
+    if isinstance(value, jax.Array):
+        array = value
+    else:
+        array = np.asarray(value)
+    if tuple(array.shape) != t.shape:
+        raise GraphError(message("Graph.run", f"wrong shape fed for {t.name}",
+                                 f"shape {list(array.shape)}", f"shape {list(t.shape)}",
+                                 f"feed {t.name} an array of shape {list(t.shape)}"))
+    if np.dtype(array.dtype) != t.dtype:
+        if not np.can_cast(array.dtype, t.dtype, "same_kind"):
+            raise GraphError(message("Graph.run", f"wrong dtype fed for {t.name}",
+                                     np.dtype(array.dtype).name, t.dtype.name,
+                                     f"feed {t.name} {t.dtype.name} values (astype)"))
+        array = array.astype(t.dtype)
+    return array
+
+
+def compile_graph(graph: Graph, fetches: Sequence[Tensor], feeds: Sequence[Tensor]
+                  ) -> Callable[..., Any]:
+    """A jitted function of the feeds' values returning the fetches' values."""
+    from adplugin.transforms.simplify import simplify
+
+    key = (tuple(t.node.id for t in fetches), tuple(t.node.id for t in feeds))
+    hit = graph._compiled.get(key)
+    if hit is not None:
+        return hit
+    fed = {t.node.id for t in feeds}
+    nodes = _needed(graph, fetches, fed)
+    small, mapping = simplify(graph, fetches, cut=fed, nodes=nodes)
+    outs = [mapping[t.node.id] for t in fetches]
+    ins = [mapping.get(t.node.id) for t in feeds]
+    small_nodes = small.nodes
+
+    def program(*values: Any) -> list[Any]:
+        env = {t.node.id: v for t, v in zip(ins, values) if t is not None}
+        return evaluate(small_nodes, outs, env)
+
+    compiled = jax.jit(program)
+    graph._compiled[key] = compiled
+    return compiled
+
+
+def run(graph: Graph, fetches: Any, feed_dict: dict[Tensor, Any]) -> Any:
+    flat, tree = jax.tree.flatten(fetches, is_leaf=lambda x: isinstance(x, Tensor))
+    flat = [_check_fetch(graph, t) for t in flat]
+    feeds = sorted(feed_dict, key=lambda t: t.node.id if isinstance(t, Tensor) else -1)
+    values = [_check_feed(graph, t, feed_dict[t]) for t in feeds]
+    results = compile_graph(graph, flat, feeds)(*values)
+    return jax.tree.unflatten(tree, results)

@@ -1,0 +1,1 @@
+"""Pure graph transforms: reverse mode, forward mode, Hessians, simplification."""

@@ -1,0 +1,239 @@
+"""Reverse mode on graphs: `gradients` (and `hessians`) by linearize + transpose.
+
+For each node on a path from `xs` to `ys`, in reverse order, and each input on such a path,
+the primitive's JVP rule for that input is traced with a linear stand-in for the tangent: the
+parts of the rule that do not touch the tangent (say `cos(x)` for `sin`) become ordinary graph
+nodes, the parts that do are recorded on a small tape of linear equations, and the tape is
+transposed with the primitives' transpose rules, seeded with the node's cotangent. So only
+linear primitives need transpose rules, and the result is an ordinary graph: applying
+`gradients` to it again gives higher derivatives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from adplugin._errors import DerivativeError, message
+from adplugin._primitive import (
+    NOT_DIFFERENTIABLE,
+    ZERO_DERIVATIVE,
+    Primitive,
+    _as_shape_dtype,
+    apply_transpose,
+    get_primitive,
+    register_symbolic_type,
+)
+from adplugin.ir.graph import Graph, GraphError, Node, Tensor
+
+
+class LinearVar:
+    """Stands for a tangent while a JVP rule is traced for transposition."""
+
+    __slots__ = ("graph", "shape", "dtype", "weak_type")
+
+    def __init__(self, graph: Graph, aval: Any):
+        self.graph = graph
+        self.shape, self.dtype, self.weak_type = tuple(aval.shape), np.dtype(aval.dtype), False
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+class _Tape:
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.eqns: list[tuple[Primitive, tuple[Any, ...], dict[str, Any], LinearVar]] = []
+
+
+_tapes: list[_Tape] = []
+
+
+def _linear_bind(prim: Primitive, args: Sequence[Any], params: dict[str, Any]) -> LinearVar:
+    tape = _tapes[-1]
+    args = tuple(a if isinstance(a, (LinearVar, Tensor)) else tape.graph._as_tensor(a, prim.name)
+                 for a in args)
+    out = LinearVar(tape.graph, _as_shape_dtype(prim.abstract_eval(*args, **params)))
+    tape.eqns.append((prim, args, params, out))
+    return out
+
+
+register_symbolic_type(LinearVar, _linear_bind, priority=1)
+
+
+def _add(a: Tensor | None, b: Tensor) -> Tensor:
+    return b if a is None else get_primitive("add").bind(a, b)
+
+
+def _transpose_tape(tape: _Tape, t_in: LinearVar, result: Any, ct: Tensor) -> Tensor | None:
+    """The cotangent of `t_in` given the cotangent `ct` of the linear function's `result`."""
+    if result is t_in:
+        return ct
+    if not isinstance(result, LinearVar):
+        return None  # the rule's output does not depend on the tangent
+    cts: dict[int, Tensor] = {id(result): ct}
+    for prim, args, params, out in reversed(tape.eqns):
+        c = cts.pop(id(out), None)
+        if c is None:
+            continue
+        linear = [isinstance(a, LinearVar) for a in args]
+        for a, lin, r in zip(args, linear, apply_transpose(prim, c, linear, *args, **params)):
+            if lin and r is not None:
+                cts[id(a)] = _add(cts.get(id(a)), r)
+    return cts.get(id(t_in))
+
+
+def _input_vjp(node: Node, i: int, ct: Tensor) -> Tensor | None:
+    """Cotangent contribution of `node`'s output cotangent `ct` to its input i."""
+    prim = node.op
+    assert isinstance(prim, Primitive)
+    if prim.jvp is NOT_DIFFERENTIABLE:
+        raise DerivativeError(message(
+            prim.name, "the op is not differentiable", f"a gradient through {node.output!r}",
+            "no gradient paths through this op",
+            "wrap its inputs in ap.stop_gradient, or give the primitive a jvp rule"))
+    rule = prim.jvp[i]  # type: ignore[index]
+    if rule is None:
+        return None
+    tape = _Tape(node.output.graph)
+    t = LinearVar(tape.graph, node.inputs[i])
+    _tapes.append(tape)
+    try:
+        result = rule(t, node.output, *node.inputs, **node.params)
+    finally:
+        _tapes.pop()
+    return _transpose_tape(tape, t, result, ct)
+
+
+def _is_float(t: Any) -> bool:
+    return np.dtype(t.dtype).kind == "f"
+
+
+def active_nodes(graph: Graph, xs: Sequence[Tensor]) -> set[int]:
+    """Ids of nodes whose value depends differentiably on some x (the xs included)."""
+    active = {x.node.id for x in xs}
+    start = min(active)
+    for node in graph.nodes[start:]:
+        if node.id in active or isinstance(node.op, str):
+            continue
+        if node.op.jvp is ZERO_DERIVATIVE or not _is_float(node.output):
+            continue
+        if any(i.node.id in active for i in node.inputs):
+            active.add(node.id)
+    return active
+
+
+def _as_list(v: Any) -> tuple[list[Any], bool]:
+    return (list(v), True) if isinstance(v, (list, tuple)) else ([v], False)
+
+
+def _check_tensors(what: str, ts: Sequence[Any], graph: Graph | None) -> Graph:
+    for t in ts:
+        if not isinstance(t, Tensor):
+            raise GraphError(message("gradients", f"{what} must be graph tensors", repr(t)[:80],
+                                     "tensors of one graph", "pass the tensors ops returned"))
+        if graph is not None and t.graph is not graph:
+            raise GraphError(message("gradients", f"{what} belong to another graph",
+                                     f"{t!r} of {t.graph.name}", f"tensors of {graph.name}",
+                                     "differentiate within one graph"))
+        graph = t.graph
+    assert graph is not None
+    return graph
+
+
+def ones_like(t: Tensor) -> Tensor:
+    one = t.graph.constant(np.ones((), t.dtype))
+    if not t.shape:
+        return one
+    return get_primitive("broadcast_in_dim").bind(one, shape=t.shape, broadcast_dimensions=())
+
+
+def zeros_like(t: Tensor) -> Tensor:
+    zero = t.graph.constant(np.zeros((), t.dtype))
+    if not t.shape:
+        return zero
+    return get_primitive("broadcast_in_dim").bind(zero, shape=t.shape, broadcast_dimensions=())
+
+
+def gradients(ys: Any, xs: Any, grad_ys: Any = None,
+              unconnected_gradients: str = "none") -> list[Tensor | None]:
+    """Symbolic derivatives of sum(ys) with respect to each of `xs` (TensorFlow's semantics).
+
+    `xs` may be placeholders or any intermediate tensor. `grad_ys` weights each y (ones by
+    default). A gradient with no path from x to ys is None, or zeros with
+    `unconnected_gradients="zero"`. The gradient nodes are added to the ys' graph.
+    """
+    ys_list, _ = _as_list(ys)
+    xs_list, _ = _as_list(xs)
+    if unconnected_gradients not in ("none", "zero"):
+        raise ValueError(message("gradients", "unknown unconnected_gradients",
+                                 repr(unconnected_gradients), "'none' or 'zero'",
+                                 "pass one of the two"))
+    graph = _check_tensors("xs", xs_list, _check_tensors("ys", ys_list, None))
+    for x in xs_list:
+        if not _is_float(x):
+            raise DerivativeError(message(
+                "gradients", f"differentiating with respect to a non-floating tensor {x.name}",
+                f"{x!r}", "floating-point xs", f"cast it with ap.astype({x.name}, float32) "
+                "before the ops that use it"))
+    gys, _ = _as_list(grad_ys) if grad_ys is not None else ([None] * len(ys_list), True)
+    if len(gys) != len(ys_list):
+        raise ValueError(message("gradients", "grad_ys does not match ys", f"{len(gys)} grad_ys",
+                                 f"{len(ys_list)}, one per y", "give one weight tensor per y"))
+    active = active_nodes(graph, xs_list)
+    x_ids = {x.node.id for x in xs_list}
+    cts: dict[int, Tensor] = {}
+    with graph.building(), graph.derivative_nodes():
+        for y, gy in zip(ys_list, gys):
+            if y.node.id in active:
+                seed = ones_like(y) if gy is None else graph._as_tensor(gy, "gradients")
+                cts[y.node.id] = _add(cts.get(y.node.id), seed)
+        last = max((y.node.id for y in ys_list), default=-1)
+        first = min(x_ids)
+        for node in reversed(graph.nodes[first:last + 1]):
+            if node.kind != "op" or node.id not in active:
+                continue
+            ct = cts.get(node.id) if node.id in x_ids else cts.pop(node.id, None)
+            if ct is None:
+                continue
+            for i, inp in enumerate(node.inputs):
+                if inp.node.id not in active:
+                    continue
+                contribution = _input_vjp(node, i, ct)
+                if contribution is not None:
+                    cts[inp.node.id] = _add(cts.get(inp.node.id), contribution)
+        results: list[Tensor | None] = []
+        for x in xs_list:
+            g = cts.get(x.node.id)
+            if g is None and unconnected_gradients == "zero":
+                g = zeros_like(x)
+            results.append(g)
+    return results
+
+
+def hessians(ys: Any, xs: Any) -> list[Tensor]:
+    """d²(sum ys)/dx² for each x, shaped x.shape + x.shape (one reverse pass per element)."""
+    from adplugin.primitives.shape import concatenate, reshape
+
+    xs_list, _ = _as_list(xs)
+    out = []
+    for x, g in zip(xs_list, gradients(ys, xs_list, unconnected_gradients="zero")):
+        assert g is not None
+        flat = reshape(g, (x.size,))
+        rows = []
+        for k in range(x.size):
+            gk = _element(flat, k)
+            (row,) = gradients(gk, [x], unconnected_gradients="zero")
+            rows.append(reshape(row, (1, x.size)))
+        matrix = concatenate(rows, axis=0) if len(rows) > 1 else rows[0]
+        out.append(reshape(matrix, x.shape + x.shape))
+    return out
+
+
+def _element(flat: Tensor, k: int) -> Tensor:
+    piece = get_primitive("slice").bind(flat, start_indices=(k,), limit_indices=(k + 1,))
+    return get_primitive("reshape").bind(piece, new_sizes=())
+

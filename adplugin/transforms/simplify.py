@@ -1,0 +1,154 @@
+"""`simplify`: one pass of DCE, CSE, constant folding and algebraic identities.
+
+Pure: it builds a new graph holding only what `outputs` need, and returns it with the map from
+old node ids to new tensors. Uniform values ("splats": a constant of one repeated value, or a
+broadcast of one) are tracked without materializing them, so `x * ones` folds to `x` whatever
+the shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+import numpy as np
+
+from adplugin._primitive import Primitive
+from adplugin.ir.graph import CONSTANT, PLACEHOLDER, Graph, Node, Tensor
+from adplugin.ir.printing import needed_nodes
+
+_FOLD_LIMIT = 1024  # largest constant (in elements) that folding may create
+
+
+def _np_broadcast_in_dim(x: np.ndarray, *, shape: tuple[int, ...],
+                         broadcast_dimensions: tuple[int, ...]) -> np.ndarray:
+    expanded = [1] * len(shape)
+    for i, d in enumerate(broadcast_dimensions):
+        expanded[d] = x.shape[i]
+    return np.broadcast_to(x.reshape(expanded), shape)
+
+
+# primitives cheap to fold in NumPy (each gives the same dtype as its primitive would)
+_NUMPY_FOLD: dict[str, Callable[..., np.ndarray]] = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "neg": np.negative,
+    "div": lambda x, y: np.divide(x, y).astype(x.dtype),
+    "broadcast_in_dim": _np_broadcast_in_dim,
+    "reshape": lambda x, *, new_sizes: x.reshape(new_sizes),
+    "convert_element_type": lambda x, *, new_dtype, weak_type: x.astype(new_dtype),
+    "transpose": lambda x, *, permutation: np.transpose(x, permutation),
+}
+
+
+class _Simplifier:
+    def __init__(self, name: str):
+        self.graph = Graph(name)
+        self.splat: dict[int, Any] = {}  # new node id -> the one value the tensor holds
+        self.cse: dict[Any, Tensor] = {}
+
+    def constant(self, value: np.ndarray, weak: bool) -> Tensor:
+        key = ("const", value.dtype.str, value.shape, value.tobytes()) if value.size <= 64 else None
+        if key is not None and key in self.cse:
+            return self.cse[key]
+        t = self.graph.constant(value.item() if weak and value.ndim == 0 else value)
+        if value.size and np.all(value == value.flat[0]):
+            self.splat[t.node.id] = value.flat[0]
+        if key is not None:
+            self.cse[key] = t
+        return t
+
+    def value_of(self, t: Tensor) -> Any:
+        return self.splat.get(t.node.id)
+
+    def apply(self, node: Node, inputs: list[Tensor]) -> Tensor:
+        prim = node.op
+        assert isinstance(prim, Primitive)
+        same = self._identity(prim.name, inputs, node)
+        if same is not None:
+            return same
+        folded = self._fold(prim.name, inputs, node)
+        if folded is not None:
+            return folded
+        key = (prim.name, tuple(i.node.id for i in inputs), _freeze(node.params))
+        hit = self.cse.get(key)
+        if hit is not None:
+            return hit
+        self.graph._role = node.role
+        t = self.graph._add(prim, tuple(inputs), node.params, _aval(node.output))
+        self.cse[key] = t
+        if prim.name == "broadcast_in_dim" and self.value_of(inputs[0]) is not None:
+            self.splat[t.node.id] = self.value_of(inputs[0])
+        return t
+
+    def _identity(self, name: str, xs: list[Tensor], node: Node) -> Tensor | None:
+        out = node.output
+        same_type = [x for x in xs if x.shape == out.shape and x.dtype == out.dtype]
+        v = [self.value_of(x) for x in xs]
+        if name == "mul" and len(same_type) == 2:
+            if v[1] == 1:
+                return xs[0]
+            if v[0] == 1:
+                return xs[1]
+        if name == "add" and len(same_type) == 2:
+            if v[1] == 0:
+                return xs[0]
+            if v[0] == 0:
+                return xs[1]
+        if name in ("sub", "div") and len(same_type) == 2 and v[1] == (0 if name == "sub" else 1):
+            return xs[0]
+        if name == "neg" and xs[0].node.op_name == "neg":
+            return xs[0].node.inputs[0]
+        if name in ("broadcast_in_dim", "reshape", "convert_element_type", "transpose") and \
+                same_type and (name != "transpose" or
+                               node.params["permutation"] == tuple(range(out.ndim))):
+            return xs[0]
+        if name == "integer_pow" and node.params["y"] == 1:
+            return xs[0]
+        if name == "select" and xs[1] is xs[2]:
+            return xs[1]
+        return None
+
+    def _fold(self, name: str, xs: list[Tensor], node: Node) -> Tensor | None:
+        fold = _NUMPY_FOLD.get(name)
+        if fold is None or node.output.size > _FOLD_LIMIT:
+            return None
+        if not all(x.node.op == CONSTANT for x in xs):
+            return None
+        value = np.asarray(fold(*[x.node.value for x in xs], **node.params), node.output.dtype)
+        return self.constant(value, weak=False)
+
+
+def _freeze(params: dict[str, Any]) -> Any:
+    return tuple(sorted((k, v if not isinstance(v, list) else tuple(v))
+                        for k, v in params.items()))
+
+
+def _aval(t: Tensor) -> Any:
+    from adplugin._primitive import ShapeDtype
+
+    return ShapeDtype(t.shape, t.dtype, t.weak_type)
+
+
+def simplify(graph: Graph, outputs: Sequence[Tensor], cut: Collection[int] = (),
+             nodes: Sequence[Node] | None = None) -> tuple[Graph, dict[int, Tensor]]:
+    """A new graph computing `outputs`, simplified; tensors in `cut` become its placeholders.
+
+    Returns the graph and the map from the old graph's node ids to the new graph's tensors.
+    """
+    nodes = needed_nodes(graph, outputs) if nodes is None else nodes
+    s = _Simplifier(f"{graph.name}.simplified")
+    mapping: dict[int, Tensor] = {}
+    for node in nodes:
+        if node.id in cut or node.op == PLACEHOLDER:
+            t = s.graph.placeholder(node.output.shape, node.output.dtype,
+                                    node.name or f"in{node.id}")
+        elif node.op == CONSTANT:
+            t = s.constant(node.value, node.output.weak_type)
+        else:
+            t = s.apply(node, [mapping[i.node.id] for i in node.inputs])
+        mapping[node.id] = t
+    return s.graph, mapping
+
+
+def op_count(graph: Graph, outputs: Sequence[Tensor] | None = None) -> int:
+    """Primitive applications (placeholders and constants not counted)."""
+    return sum(1 for n in needed_nodes(graph, outputs) if not isinstance(n.op, str))
