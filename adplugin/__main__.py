@@ -7,6 +7,7 @@ they lower to, and a run sharded over host devices that agrees with the single-d
 from __future__ import annotations
 
 import os
+from typing import Any
 
 # host devices for the sharded step; must be set before JAX starts its CPU backend
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -65,7 +66,7 @@ def main() -> None:
           f"{bool(np.allclose(sharded, grad(w, x, y), atol=1e-6))}")
 
 
-def _loss(w: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
+def _loss(w: Any, x: Any, y: Any) -> Any:
     # binary cross-entropy from logits: log(1 + e^z) - y z, with a stable log(1 + e^z)
     z = ap.matmul(x, w)
     zeros = ap.multiply(z, 0.0)

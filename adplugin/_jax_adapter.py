@@ -16,15 +16,14 @@ from typing import Any
 import jax
 import numpy as np
 from jax import core as _public_core
+from jax._src import dispatch as _dispatch  # noqa: I001  (private: eager impl of a primitive)
+from jax._src import dtypes as _dtypes  # private: weak-type-aware promotion
+from jax._src.interpreters import mlir as _mlir_private  # sharding annotations in lowering
 from jax.extend import core as jex_core
 from jax.extend.mlir import ir
 from jax.extend.mlir.dialects import stablehlo as hlo
 from jax.interpreters import ad, batching, mlir
 from jax.sharding import NamedSharding, PartitionSpec
-
-from jax._src import dispatch as _dispatch  # noqa: I001  (private: eager impl of a primitive)
-from jax._src import dtypes as _dtypes  # private: weak-type-aware promotion
-from jax._src.interpreters import mlir as _mlir_private  # sharding annotations in lowering
 
 __all__ = [
     "JaxPrimitive",
@@ -57,6 +56,19 @@ def result_type(*args: Any) -> tuple[np.dtype, bool]:
 
 def is_weakly_typed(x: Any) -> bool:
     return bool(_dtypes.is_weakly_typed(x))
+
+
+def kind_of(dtype: Any) -> str:
+    """NumPy's dtype kind letter, with "f" for every floating type (bfloat16 and float8 too)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "V" and jax.numpy.issubdtype(dtype, jax.numpy.floating):
+        return "f"
+    return dtype.kind
+
+
+def to_inexact(dtype: Any) -> np.dtype:
+    """The floating dtype jax.numpy computes in for an operand of `dtype` (int32 -> float32)."""
+    return canonical_dtype(_dtypes.to_inexact_dtype(np.dtype(dtype)))
 
 
 def canonical_dtype(dtype: Any) -> np.dtype:
@@ -119,8 +131,8 @@ class LoweringContext:
 
     def ir_type(self, aval: Any) -> Any:
         if _AVAL_TO_IR_TYPE_TAKES_MODULE_CONTEXT:
-            return mlir.aval_to_ir_type(self._ctx.module_context, aval)
-        return mlir.aval_to_ir_type(aval)
+            return mlir.aval_to_ir_type(self._ctx.module_context, aval)  # type: ignore
+        return mlir.aval_to_ir_type(aval)  # type: ignore[call-arg,unused-ignore]
 
     def out_type(self, index: int = 0) -> Any:
         return self.ir_type(self._ctx.avals_out[index])
@@ -165,7 +177,7 @@ def _register_lowering(prim: Any, rule: Callable[..., Any]) -> None:
 # Registration of one primitive into JAX
 # ----------------------------------------------------------------------------------------------
 
-_typeof: Callable[[Any], Any] = getattr(jax, "typeof", None) or _public_core.get_aval
+_typeof: Callable[[Any], Any] = jax.typeof
 
 
 def _tangent_aval(aval: Any) -> Any:
@@ -223,3 +235,30 @@ def register(
         ad.primitive_transposes[prim] = jax_transpose
 
     batching.primitive_batchers[prim] = batching_rule
+
+
+# ----------------------------------------------------------------------------------------------
+# Jaxprs (read by ap.trace)
+# ----------------------------------------------------------------------------------------------
+
+def is_literal(v: Any) -> bool:
+    """Whether a jaxpr equation operand is an inline constant (its value is `v.val`)."""
+    return isinstance(v, jex_core.Literal)
+
+
+def jaxpr_and_consts(obj: Any) -> tuple[Any, Sequence[Any]]:
+    """The open jaxpr and the values of its constvars, from a closed or an open jaxpr."""
+    if isinstance(obj, jex_core.ClosedJaxpr):
+        return obj.jaxpr, obj.consts
+    if isinstance(obj, jex_core.Jaxpr):
+        return obj, ()
+    raise TypeError(f"not a jaxpr: {type(obj).__name__}")
+
+
+def sub_jaxpr(params: dict[str, Any], names: Sequence[str]) -> Any | None:
+    """The first jaxpr among `params[name]` for `names` (a call-like equation's body)."""
+    for name in names:
+        obj = params.get(name)
+        if isinstance(obj, (jex_core.ClosedJaxpr, jex_core.Jaxpr)):
+            return obj
+    return None

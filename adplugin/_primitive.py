@@ -136,7 +136,8 @@ def get_primitive(name: str) -> Primitive:
     try:
         return _registry[name]
     except KeyError:
-        raise KeyError(f"no adplugin primitive named {name!r}; known: {list_primitives()}") from None
+        known = list_primitives()
+        raise KeyError(f"no adplugin primitive named {name!r}; known: {known}") from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,9 +9,19 @@ rule gets `ctx` (with `ctx.out_type()` and `ctx.avals_in`) and the operands as I
 
 from adplugin._jax_adapter import (
     LoweringContext as LoweringContext,
+)
+from adplugin._jax_adapter import (
     dense_int_array as dense_int_array,
+)
+from adplugin._jax_adapter import (
     hlo as hlo,
+)
+from adplugin._jax_adapter import (
     ir as ir,
+)
+from adplugin._jax_adapter import (
     ir_constant as ir_constant,
+)
+from adplugin._jax_adapter import (
     scalar_ir_type as scalar_ir_type,
 )

@@ -27,6 +27,7 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 from jax.test_util import check_grads
 
+from adplugin import _jax_adapter as jx
 from adplugin._errors import DerivativeError
 from adplugin._primitive import NOT_DIFFERENTIABLE, ZERO_DERIVATIVE, Primitive, get_primitive
 
@@ -97,7 +98,7 @@ def _run(fail: Callable[..., Exception], rule: str, fn: Callable[..., Any], args
 
 
 def _tolerances(args: Sequence[Any], rtol: float | None, atol: float | None) -> tuple[float, float]:
-    low = any(np.dtype(a.dtype).itemsize <= 4 and a.dtype.kind == "f" for a in args)
+    low = any(np.dtype(a.dtype).itemsize <= 4 and jx.kind_of(a.dtype) == "f" for a in args)
     return (rtol if rtol is not None else (2e-5 if low else 1e-10),
             atol if atol is not None else (2e-5 if low else 1e-10))
 
@@ -108,7 +109,7 @@ def _assert_close(fail: Callable[..., Exception], rule: str, got: Any, want: Any
     if got.shape != want.shape or got.dtype != want.dtype:
         raise fail(rule, f"{what}: got {got.dtype}{list(got.shape)}, "
                          f"expected {want.dtype}{list(want.shape)}")
-    if want.dtype.kind in "biu" or want.dtype == np.dtype(jax.dtypes.float0):
+    if jx.kind_of(want.dtype) in "biu" or want.dtype == np.dtype(jax.dtypes.float0):
         ok = np.array_equal(got, want)
     else:
         ok = np.allclose(got, want, rtol=tol[0], atol=tol[1], equal_nan=True)
@@ -138,7 +139,7 @@ def _check_lowering(fail: Callable[..., Exception], fn: Callable[..., Any], args
 
 
 def _is_float(a: Any) -> bool:
-    return np.dtype(a.dtype).kind == "f"
+    return jx.kind_of(a.dtype) == "f"
 
 
 def _with_args(fn: Callable[..., Any], args: Sequence[Any], free: Sequence[int]
@@ -240,7 +241,7 @@ def _check_transpose(prim: Primitive, fail: Callable[..., Exception], fn: Callab
 
 def _batched(a: np.ndarray, k: int) -> np.ndarray:
     """The k-th member of a batch built from `a` (floats perturbed, other dtypes repeated)."""
-    if a.dtype.kind == "f":
+    if jx.kind_of(a.dtype) == "f":
         return (a * (1 + 0.25 * k) + 0.125 * k).astype(a.dtype)
     return a
 

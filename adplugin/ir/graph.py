@@ -162,7 +162,8 @@ class Graph:
 
     def apply(self, prim: Primitive, args: Sequence[Any], params: dict[str, Any]) -> Tensor:
         """Add a node applying `prim` (non-tensor arguments become constants)."""
-        inputs = tuple(self._as_tensor(a, prim.name) for a in args)
+        inputs = tuple(a if type(a) is Tensor and a.graph is self else
+                       self._as_tensor(a, prim.name) for a in args)
         aval = _as_shape_dtype(prim.abstract_eval(*inputs, **params))
         return self._add(prim, inputs, params, aval)
 
@@ -277,8 +278,10 @@ def constant(value: Any, dtype: Any = None, name: str | None = None) -> Tensor:
 
 
 def _graph_bind(prim: Primitive, args: Sequence[Any], params: dict[str, Any]) -> Any:
-    graph = next(a.graph for a in args if type(a) is Tensor)
-    return graph.apply(prim, args, params)
+    for a in args:
+        if type(a) is Tensor:
+            return a.graph.apply(prim, args, params)
+    raise AssertionError("no graph tensor among the arguments")
 
 
 register_symbolic_type(Tensor, _graph_bind)

@@ -8,34 +8,36 @@ from typing import Any
 from adplugin.ir.graph import Tensor
 from adplugin.primitives import conversion, elementwise, linalg, logic, reductions, shape
 
-
-def _binary(fn: Callable[[Any, Any], Any]) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    return (lambda self, other: fn(self, other)), (lambda self, other: fn(other, self))
-
-
-_BINARY = {
+_BINARY: dict[str, Callable[[Any, Any], Any]] = {
     "add": elementwise.add, "sub": elementwise.subtract, "mul": elementwise.multiply,
     "truediv": elementwise.divide, "pow": elementwise.power, "matmul": linalg.matmul,
 }
-for _name, _fn in _BINARY.items():
-    _forward, _reflected = _binary(_fn)
-    setattr(Tensor, f"__{_name}__", _forward)
-    setattr(Tensor, f"__r{_name}__", _reflected)
-
-Tensor.__neg__ = lambda self: elementwise.negative(self)  # type: ignore[attr-defined]
-Tensor.__pos__ = lambda self: self  # type: ignore[attr-defined]
-Tensor.__abs__ = lambda self: elementwise.abs(self)  # type: ignore[attr-defined]
 # ordering comparisons only: == and != keep identity semantics, so tensors stay hashable
-Tensor.__lt__ = lambda self, o: logic.less(self, o)  # type: ignore[attr-defined,assignment]
-Tensor.__le__ = lambda self, o: logic.less_equal(self, o)  # type: ignore[attr-defined,assignment]
-Tensor.__gt__ = lambda self, o: logic.greater(self, o)  # type: ignore[attr-defined,assignment]
-Tensor.__ge__ = lambda self, o: logic.greater_equal(self, o)  # type: ignore[attr-defined,assignment]
+_COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
+    "lt": logic.less, "le": logic.less_equal, "gt": logic.greater, "ge": logic.greater_equal,
+}
 
-Tensor.T = property(lambda self: shape.transpose(self))  # type: ignore[attr-defined]
-Tensor.reshape = lambda self, *s: shape.reshape(  # type: ignore[attr-defined]
-    self, s[0] if len(s) == 1 else s)
-Tensor.astype = lambda self, dtype: conversion.astype(self, dtype)  # type: ignore[attr-defined]
-Tensor.sum = lambda self, axis=None, keepdims=False: reductions.sum(  # type: ignore[attr-defined]
-    self, axis, keepdims)
-Tensor.mean = lambda self, axis=None, keepdims=False: reductions.mean(  # type: ignore[attr-defined]
-    self, axis, keepdims)
+
+def _forward(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    return lambda self, other: fn(self, other)
+
+
+def _reflected(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    return lambda self, other: fn(other, self)
+
+
+_METHODS: dict[str, Any] = {
+    **{f"__{n}__": _forward(f) for n, f in _BINARY.items()},
+    **{f"__r{n}__": _reflected(f) for n, f in _BINARY.items()},
+    **{f"__{n}__": _forward(f) for n, f in _COMPARISONS.items()},
+    "__neg__": lambda self: elementwise.negative(self),
+    "__pos__": lambda self: self,
+    "__abs__": lambda self: elementwise.abs(self),
+    "T": property(lambda self: shape.transpose(self)),
+    "reshape": lambda self, *s: shape.reshape(self, s[0] if len(s) == 1 else s),
+    "astype": lambda self, dtype: conversion.astype(self, dtype),
+    "sum": lambda self, axis=None, keepdims=False: reductions.sum(self, axis, keepdims),
+    "mean": lambda self, axis=None, keepdims=False: reductions.mean(self, axis, keepdims),
+}
+for _name, _method in _METHODS.items():
+    setattr(Tensor, _name, _method)

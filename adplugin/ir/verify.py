@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from adplugin._primitive import _as_shape_dtype
-from adplugin.ir.graph import CONSTANT, PLACEHOLDER, GraphError
+from adplugin.ir.graph import CONSTANT, GraphError
 
 if TYPE_CHECKING:
     from adplugin.ir.graph import Graph
@@ -28,7 +28,7 @@ def verify(graph: Graph) -> None:
         if node.op == CONSTANT:
             if node.value.shape != node.output.shape or node.value.dtype != node.output.dtype:
                 raise GraphError(f"verify: {where} holds a value of another type")
-        elif node.op != PLACEHOLDER:
+        elif not isinstance(node.op, str):
             aval = _as_shape_dtype(node.op.abstract_eval(*node.inputs, **node.params))
             out = node.output
             if aval.shape != out.shape or np.dtype(aval.dtype) != np.dtype(out.dtype):

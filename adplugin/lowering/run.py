@@ -34,6 +34,7 @@ def evaluate(nodes: Sequence[Node], outputs: Sequence[Tensor], env: dict[int, An
                 f"pass feed_dict={{{node.output.name}: value}}"))
         else:
             node_op = node.op
+            assert not isinstance(node_op, str)
             env[node.id] = node_op.bind(*[env[i.node.id] for i in node.inputs], **node.params)
     return [env[t.node.id] for t in outputs]
 
@@ -67,10 +68,7 @@ def _check_feed(graph: Graph, t: Any, value: Any) -> Any:
         raise GraphError(message("Graph.run", "a feed_dict key is not a tensor of this graph",
                                  repr(t)[:80], f"placeholders of {graph.name}",
                                  "key the feed_dict by the placeholders themselves"))
-    if isinstance(value, jax.Array):
-        array = value
-    else:
-        array = np.asarray(value)
+    array = value if isinstance(value, jax.Array) else np.asarray(value)
     if tuple(array.shape) != t.shape:
         raise GraphError(message("Graph.run", f"wrong shape fed for {t.name}",
                                  f"shape {list(array.shape)}", f"shape {list(t.shape)}",

@@ -91,7 +91,7 @@ def _promotion_stand_in(x: Any) -> Any:
     if type(x) not in _symbolic_types:
         return x
     if x.weak_type:
-        kind = np.dtype(x.dtype).kind
+        kind = jx.kind_of(x.dtype)
         return {"b": False, "i": 0, "u": 0, "f": 0.0, "c": 0j}[kind]
     return np.zeros((), x.dtype)
 
@@ -142,8 +142,8 @@ def broadcast_shapes(name: str, *args: Any) -> tuple[int, ...]:
 def promote(name: str, *args: Any, to_inexact: bool = False) -> list[Any]:
     """Operands converted to their common dtype and broadcast to their common shape."""
     dtype, weak = result_dtype(name, *args)
-    if to_inexact and not np.issubdtype(dtype, np.inexact):
-        dtype, weak = jx.canonical_dtype(np.float64), weak and dtype.kind != "b"
+    if to_inexact and jx.kind_of(dtype) not in "fc":
+        dtype, weak = jx.to_inexact(dtype), weak and jx.kind_of(dtype) != "b"
     shape = broadcast_shapes(name, *args)
     return [broadcast_to_shape(convert(a, dtype, weak), shape) for a in args]
 

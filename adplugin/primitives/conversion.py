@@ -17,7 +17,7 @@ _SUPPORTED_KINDS = "biuf"
 
 
 def _check_dtype(name: str, dtype: np.dtype) -> None:
-    if dtype.kind not in _SUPPORTED_KINDS:
+    if jx.kind_of(dtype) not in _SUPPORTED_KINDS:
         raise type_error(name, "unsupported target dtype", dtype.name,
                          "a boolean, integer or floating-point dtype",
                          "pick one of bool, int8..int64, uint8..uint64, float16..float64")
@@ -34,7 +34,7 @@ def _convert_lower(ctx: Any, x: Any, *, new_dtype: np.dtype, weak_type: bool) ->
     src = np.dtype(ctx.avals_in[0].dtype)
     if src == np.dtype(new_dtype):
         return x
-    if np.dtype(new_dtype) == np.dtype(bool) and src.kind == "f":
+    if np.dtype(new_dtype) == np.dtype(bool) and jx.kind_of(src) == "f":
         # any-to-bool is "x != 0" (NaN is true), spelled out as jax does
         zero = ctx.full(0, ctx.avals_in[0])
         return hlo.compare(x, zero, hlo.ComparisonDirectionAttr.get("NE"),
@@ -44,7 +44,7 @@ def _convert_lower(ctx: Any, x: Any, *, new_dtype: np.dtype, weak_type: bool) ->
 
 def _convert_jvp(g: Any, out: Any, x: Any, *, new_dtype: np.dtype, weak_type: bool) -> Any:
     # float -> float is linear; anything through an integer or boolean has zero derivative
-    if np.dtype(new_dtype).kind != "f" or dtype_of(x).kind != "f":
+    if jx.kind_of(new_dtype) != "f" or jx.kind_of(dtype_of(x)) != "f":
         return None
     return convert_p.bind(g, new_dtype=np.dtype(new_dtype), weak_type=weak_type)
 

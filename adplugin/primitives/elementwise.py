@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from adplugin import _jax_adapter as jx
+from adplugin._errors import type_error
 from adplugin._primitive import (
     NOT_LINEAR,
     ZERO_DERIVATIVE,
@@ -21,7 +22,6 @@ from adplugin._primitive import (
     check_same_shape_dtype,
     define_primitive,
 )
-from adplugin._errors import type_error
 from adplugin.primitives._rules import bind, full_like, zeros_like
 from adplugin.primitives._wrapping import convert, dtype_of, op, promote, promote_inexact
 
@@ -36,7 +36,7 @@ def _typed_eval(name: str, kinds: str) -> Callable[..., ShapeDtype]:
     def rule(*avals: Any, **params: Any) -> ShapeDtype:
         check_same_shape_dtype(name, avals)
         dtype = np.dtype(avals[0].dtype)
-        if dtype.kind not in kinds:
+        if jx.kind_of(dtype) not in kinds:
             raise type_error(name, "unsupported dtype", dtype.name,
                              " or ".join(_KIND_NAMES[k] for k in kinds) + " operands",
                              f"convert with ap.astype, or call the ap.{name} wrapper")
@@ -78,7 +78,7 @@ sub_p = _binary("sub", hlo.subtract,
                 (lambda g, out, x, y: g, lambda g, out, x, y: neg_p.bind(g)),
                 transpose=_sub_transpose)
 
-neg_p = _unary("neg", hlo.negate, (lambda g, out, x: neg_p.bind(g),),
+neg_p: Primitive = _unary("neg", hlo.negate, (lambda g, out, x: neg_p.bind(g),),
                transpose=lambda ct, x: [neg_p.bind(ct)])
 
 
@@ -91,7 +91,7 @@ def _mul_transpose(ct: Any, x: Any, y: Any) -> list[Any]:
     return [None, mul_p.bind(x, ct)]
 
 
-mul_p = _binary("mul", hlo.multiply,
+mul_p: Primitive = _binary("mul", hlo.multiply,
                 (lambda g, out, x, y: mul_p.bind(g, y), lambda g, out, x, y: mul_p.bind(x, g)),
                 kinds="fiub", transpose=_mul_transpose)
 
@@ -103,7 +103,7 @@ def _div_transpose(ct: Any, x: Any, y: Any) -> list[Any]:
 
 
 # d(x/y) = dx/y - dy * (x/y)/y
-div_p = _binary("div", hlo.divide,
+div_p: Primitive = _binary("div", hlo.divide,
                 (lambda g, out, x, y: div_p.bind(g, y),
                  lambda g, out, x, y: div_p.bind(mul_p.bind(neg_p.bind(g), out), y)),
                 transpose=_div_transpose)
@@ -117,8 +117,9 @@ log1p_p = _unary("log1p", hlo.log_plus_one,
 expm1_p = _unary("expm1", hlo.exponential_minus_one,
                  (lambda g, out, x: mul_p.bind(g, add_p.bind(out, full_like(out, 1))),),
                  kinds="f")
-sin_p = _unary("sin", hlo.sine, (lambda g, out, x: mul_p.bind(g, cos_p.bind(x)),), kinds="f")
-cos_p = _unary("cos", hlo.cosine,
+sin_p: Primitive = _unary("sin", hlo.sine, (lambda g, out, x: mul_p.bind(g, cos_p.bind(x)),),
+                          kinds="f")
+cos_p: Primitive = _unary("cos", hlo.cosine,
                (lambda g, out, x: neg_p.bind(mul_p.bind(g, sin_p.bind(x))),), kinds="f")
 # tanh' = (1 + tanh)(1 - tanh)
 tanh_p = _unary("tanh", hlo.tanh, (lambda g, out, x: mul_p.bind(
@@ -144,7 +145,7 @@ abs_p = _unary("abs", hlo.abs, (_abs_jvp,), kinds="fi")
 
 
 def _sign_lower(ctx: Any, x: Any) -> Any:
-    if np.dtype(ctx.avals_in[0].dtype).kind != "u":
+    if jx.kind_of(ctx.avals_in[0].dtype) != "u":
         return hlo.sign(x)
     # stablehlo.sign takes no unsigned operands: sign(x) = (x != 0)
     nonzero = hlo.compare(x, ctx.full(0), hlo.ComparisonDirectionAttr.get("NE"),
@@ -180,7 +181,7 @@ def _replace_zero(x: Any) -> Any:
 def _pow_jvp_base(g: Any, out: Any, x: Any, y: Any) -> Any:
     # d/dx x^y = y x^(y-1); for integer exponents taken as 0 where y == 0 (as in jax.grad)
     jac = mul_p.bind(y, pow_p.bind(x, sub_p.bind(y, full_like(y, 1))))
-    if dtype_of(y).kind != "f":
+    if jx.kind_of(dtype_of(y)) != "f":
         jac = bind("select", bind("eq", y, zeros_like(y)), zeros_like(y), jac)
     return mul_p.bind(g, jac)
 
@@ -299,7 +300,7 @@ def _unary_wrapper(prim: Primitive, name: str, doc: str, inexact: bool) -> Calla
 def square(x: Any) -> Any:
     """x * x (booleans are squared as integers, as in jax.numpy)."""
     (x,) = promote("square", x)
-    if dtype_of(x).kind == "b":
+    if jx.kind_of(dtype_of(x)) == "b":
         x = convert(x, jx.canonical_dtype(np.int64))
     return square_p.bind(x)
 sqrt = _unary_wrapper(sqrt_p, "sqrt", "Square root (derivative +inf at 0, as in jax.grad).", True)
@@ -316,7 +317,7 @@ _abs_signed = _unary_wrapper(abs_p, "abs", "", inexact=False)
 
 def abs(x: Any) -> Any:
     """Absolute value (derivative 1 at 0, as in jax.grad); unsigned and boolean input as is."""
-    if dtype_of(x).kind in "ub":
+    if jx.kind_of(dtype_of(x)) in "ub":
         return x
     return _abs_signed(x)
 sign = _unary_wrapper(sign_p, "sign", "Sign: -1, 0 or 1 (derivative zero).", False)

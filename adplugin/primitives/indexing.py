@@ -56,7 +56,7 @@ def _window_dims(axis: int, rank: int, index_rank: int) -> list[int]:
 
 
 def _check_indices(name: str, indices: Any) -> None:
-    kind = np.dtype(indices.dtype).kind
+    kind = jx.kind_of(indices.dtype)
     if kind not in "iu":
         raise type_error(name, "indices must be integers", np.dtype(indices.dtype).name,
                          "a signed or unsigned integer dtype",
@@ -291,7 +291,7 @@ def take(a: Any, indices: Any, axis: int | None = None, mode: str | None = None)
                                  " or ".join(repr(m) for m in (None, *_MODES)),
                                  "pass mode='fill' (default), 'clip' or 'wrap'"))
     check_array_like("take", a, indices)
-    kind = dtype_of(indices).kind
+    kind = jx.kind_of(dtype_of(indices))
     if kind not in "iub":
         raise type_error("take", "indices must be integers", f"{dtype_of(indices).name} indices",
                          "an integer (or boolean) array of indices",
@@ -333,7 +333,7 @@ def _take(a: Any, indices: Any, *, axis: int | None, mode: str) -> Any:
 def _widen(indices: Any, n: int) -> Any:
     """Booleans become int32; signed indices too narrow to hold n (for i + n) become int32."""
     dtype = dtype_of(indices)
-    if dtype.kind == "b" or (dtype.kind == "i" and np.iinfo(dtype).max < n):
+    if jx.kind_of(dtype) == "b" or (jx.kind_of(dtype) == "i" and np.iinfo(dtype).max < n):
         return convert(indices, np.dtype(np.int32) if n < 2**31 else jx.canonical_dtype(np.int64))
     return indices
 
@@ -343,7 +343,7 @@ def _const(indices: Any, value: int) -> Any:
 
 
 def _from_end(indices: Any, n: int) -> Any:
-    if dtype_of(indices).kind == "u":
+    if jx.kind_of(dtype_of(indices)) == "u":
         return indices
     negative = bind("lt", indices, _const(indices, 0))
     return bind("select", negative, bind("add", indices, _const(indices, n)), indices)
@@ -367,15 +367,15 @@ def _floor_mod(indices: Any, n: int) -> Any:
         return indices
     nn = _const(indices, n)
     rem = bind("sub", indices, bind("mul", bind("div", indices, nn), nn))
-    if dtype_of(indices).kind == "u":
+    if jx.kind_of(dtype_of(indices)) == "u":
         return rem
     return bind("select", bind("lt", rem, _const(indices, 0)), bind("add", rem, nn), rem)
 
 
 def _fill_value(dtype: np.dtype) -> Any:
-    if dtype.kind == "f":
+    if jx.kind_of(dtype) == "f":
         return np.nan
-    if dtype.kind == "b":
+    if jx.kind_of(dtype) == "b":
         return True
     info = np.iinfo(dtype)
-    return info.min if dtype.kind == "i" else info.max
+    return info.min if jx.kind_of(dtype) == "i" else info.max

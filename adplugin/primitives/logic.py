@@ -30,7 +30,7 @@ hlo = jx.hlo
 
 
 def _compare_type(dtype: np.dtype) -> str:
-    return {"f": "FLOAT", "i": "SIGNED", "u": "UNSIGNED", "b": "UNSIGNED"}[dtype.kind]
+    return {"f": "FLOAT", "i": "SIGNED", "u": "UNSIGNED", "b": "UNSIGNED"}[jx.kind_of(dtype)]
 
 
 def _comparison(name: str, direction: str) -> Primitive:
@@ -56,7 +56,7 @@ ge_p = _comparison("ge", "GE")
 
 
 def _is_finite_eval(x: Any) -> ShapeDtype:
-    if np.dtype(x.dtype).kind != "f":
+    if jx.kind_of(x.dtype) != "f":
         raise type_error("is_finite", "unsupported dtype", np.dtype(x.dtype).name,
                          "a floating-point operand", "integers are always finite")
     return ShapeDtype(x.shape, np.dtype(bool))
@@ -87,7 +87,7 @@ def _select_transpose(ct: Any, pred: Any, on_true: Any, on_false: Any) -> list[A
             select_p.bind(pred, zero, ct) if isinstance(on_false, Linear) else None]
 
 
-select_p = define_primitive(
+select_p: Primitive = define_primitive(
     "select", abstract_eval=_select_eval,
     lowering=lambda ctx, p, t, f: hlo.select(p, t, f),
     jvp=(None,
@@ -121,7 +121,7 @@ greater_equal = _comparison_wrapper(ge_p, "greater_equal", ">=")
 def isfinite(x: Any) -> Any:
     """True where x is neither infinite nor NaN."""
     (x,) = promote("isfinite", x)
-    if dtype_of(x).kind != "f":
+    if jx.kind_of(dtype_of(x)) != "f":
         return broadcast_to_shape(np.asarray(True), tuple(np.shape(x)))
     return is_finite_p.bind(x)
 

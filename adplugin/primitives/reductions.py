@@ -51,7 +51,7 @@ def _kept(ndim: int, axes: tuple[int, ...]) -> tuple[int, ...]:
 def _reduce_eval(name: str, kinds: str) -> Callable[..., ShapeDtype]:
     def rule(x: Any, *, axes: tuple[int, ...]) -> ShapeDtype:
         dtype = np.dtype(x.dtype)
-        kind = "f" if _is_float(dtype) else dtype.kind
+        kind = "f" if _is_float(dtype) else jx.kind_of(dtype)
         if kind not in kinds:
             expected = ("a boolean, " if "b" in kinds else "an ") + "integer or float operand"
             raise type_error(name, "unsupported dtype", dtype.name, expected,
@@ -128,7 +128,7 @@ def _max_identity(dtype: np.dtype) -> Any:
     if _is_float(dtype):
         neg_inf = np.asarray(-np.inf, dtype)
         return neg_inf if np.isneginf(neg_inf) else np.asarray(jax_dtypes.finfo(dtype).min, dtype)
-    if dtype.kind in "iu":
+    if jx.kind_of(dtype) in "iu":
         return np.asarray(np.iinfo(dtype).min, dtype)
     return np.asarray(False)
 
@@ -185,10 +185,10 @@ def _keepdims(r: Any, x: Any, axes: tuple[int, ...], keepdims: bool) -> Any:
 
 def _sum_dtype(dtype: np.dtype) -> np.dtype:
     """jnp.sum's result dtype: bool and narrow integers promote to the default (u)int."""
-    if dtype.kind == "b":
+    if jx.kind_of(dtype) == "b":
         return jx.canonical_dtype(np.int64)
-    if dtype.kind in "iu":
-        default = jx.canonical_dtype(np.uint64 if dtype.kind == "u" else np.int64)
+    if jx.kind_of(dtype) in "iu":
+        default = jx.canonical_dtype(np.uint64 if jx.kind_of(dtype) == "u" else np.int64)
         return default if dtype.itemsize < default.itemsize else dtype
     return dtype
 

@@ -12,6 +12,7 @@ from adplugin import _jax_adapter as jx
 from adplugin._errors import ShardingRuleError, message, shape_error, type_error
 from adplugin._primitive import (
     Linear,
+    Primitive,
     ShapeDtype,
     Spec,
     batch_size,
@@ -82,7 +83,7 @@ def _bid_sharding(specs: Sequence[Spec], x: Any, *, shape: tuple[int, ...],
     return tuple(out)
 
 
-broadcast_in_dim_p = define_primitive(
+broadcast_in_dim_p: Primitive = define_primitive(
     "broadcast_in_dim", abstract_eval=_bid_eval,
     lowering=lambda ctx, x, *, shape, broadcast_dimensions: hlo.broadcast_in_dim(
         ctx.out_type(), x, jx.dense_int_array(broadcast_dimensions)),
@@ -125,7 +126,7 @@ def _reshape_batching(args: Sequence[Any], dims: Sequence[Any], *,
     return reshape_p.bind(x, new_sizes=(np.shape(x)[0], *new_sizes)), 0
 
 
-reshape_p = define_primitive(
+reshape_p: Primitive = define_primitive(
     "reshape", abstract_eval=_reshape_eval,
     lowering=lambda ctx, x, *, new_sizes: hlo.reshape(ctx.out_type(), x),
     jvp=(lambda g, out, x, **p: reshape_p.bind(g, **p),),
@@ -149,7 +150,7 @@ def _transpose_batching(args: Sequence[Any], dims: Sequence[Any], *,
     return transpose_p.bind(x, permutation=(0, *(p + 1 for p in permutation))), 0
 
 
-transpose_p = define_primitive(
+transpose_p: Primitive = define_primitive(
     "transpose", abstract_eval=_transpose_eval,
     lowering=lambda ctx, x, *, permutation: hlo.transpose(x, jx.dense_int_array(permutation)),
     jvp=(lambda g, out, x, **p: transpose_p.bind(g, **p),),
@@ -200,7 +201,7 @@ def _slice_batching(args: Sequence[Any], dims: Sequence[Any], *, start_indices: 
                         limit_indices=(np.shape(x)[0], *limit_indices)), 0
 
 
-slice_p = define_primitive(
+slice_p: Primitive = define_primitive(
     "slice", abstract_eval=_slice_eval,
     lowering=lambda ctx, x, *, start_indices, limit_indices: hlo.slice(
         x, jx.dense_int_array(start_indices), jx.dense_int_array(limit_indices),

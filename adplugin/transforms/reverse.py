@@ -11,11 +11,14 @@ linear primitives need transpose rules, and the result is an ordinary graph: app
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import gc
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
+from adplugin import _jax_adapter as jx
 from adplugin._errors import DerivativeError, message
 from adplugin._primitive import (
     NOT_DIFFERENTIABLE,
@@ -108,8 +111,21 @@ def _input_vjp(node: Node, i: int, ct: Tensor) -> Tensor | None:
     return _transpose_tape(tape, t, result, ct)
 
 
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Derivation allocates many small objects and frees none: the cyclic collector would
+    rescan them all again and again (quadratic time), so it waits until the end."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _is_float(t: Any) -> bool:
-    return np.dtype(t.dtype).kind == "f"
+    return jx.kind_of(t.dtype) == "f"
 
 
 def active_nodes(graph: Graph, xs: Sequence[Tensor]) -> set[int]:
@@ -186,7 +202,7 @@ def gradients(ys: Any, xs: Any, grad_ys: Any = None,
     active = active_nodes(graph, xs_list)
     x_ids = {x.node.id for x in xs_list}
     cts: dict[int, Tensor] = {}
-    with graph.building(), graph.derivative_nodes():
+    with graph.building(), graph.derivative_nodes(), _no_cyclic_gc():
         for y, gy in zip(ys_list, gys):
             if y.node.id in active:
                 seed = ones_like(y) if gy is None else graph._as_tensor(gy, "gradients")
