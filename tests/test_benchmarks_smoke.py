@@ -1,0 +1,72 @@
+"""benchmarks/derivation.py runs (--quick) and writes the JSON it promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "derivation.py"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "derivation.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_json_keys(report):
+    assert {"meta", "config", "check", "rows", "ratio_ap_over_jax", "scaling", "goals",
+            "peers", "swell"} <= report.keys()
+    assert report["config"]["quick"] is True
+    row_keys = {"n", "ap_gradients_s", "ap_build_s", "ap_simplify_s",
+                "derivative_nodes_per_forward_node", "jax_grad_jaxpr_s", "jax_trace_s",
+                "ratio_ap_over_jax"}
+    for row in report["rows"]:
+        assert row_keys <= row.keys()
+        assert row["ap_gradients_s"] > 0 and row["jax_grad_jaxpr_s"] > 0
+    assert {r["n"] for r in report["rows"]} == {int(n) for n in report["ratio_ap_over_jax"]}
+    assert {"from_n", "to_n", "ap_time_ratio"} <= report["scaling"].keys()
+    assert len(report["goals"]) == 3
+    for goal in report["goals"]:
+        assert {"goal", "value", "target", "passed"} <= goal.keys()
+    assert {"jax", "tensorflow", "sympy"} <= report["peers"].keys()
+
+
+def test_derivative_value_checked_against_jax(report):
+    check = report["check"]
+    assert check["ok"] is True and check["x"] == 0.7
+    assert check["adplugin"] == pytest.approx(check["jax_grad"], rel=1e-5)
+    assert check["adplugin_simplified"] == pytest.approx(check["jax_grad"], rel=1e-5)
+
+
+def test_value_check_agrees_with_jax_here():
+    """The same check, in this process, independently of the script's own assertion."""
+    import jax
+    import jax.numpy as jnp
+
+    import adplugin as ap
+
+    n = 12
+    with ap.Graph() as g:
+        x = ap.placeholder((), name="x")
+        y = x
+        for i in range(n):
+            y = ap.sin(y) if i % 2 == 0 else y * x
+        (gx,) = ap.gradients(y, [x])
+
+    def chain(x):
+        y = x
+        for i in range(n):
+            y = jnp.sin(y) if i % 2 == 0 else y * x
+        return y
+
+    want = float(jax.grad(chain)(jnp.float32(0.7)))
+    assert float(g.run(gx, {x: 0.7})) == pytest.approx(want, rel=1e-5)
