@@ -15,6 +15,10 @@ from adplugin._primitive import (
     get_primitive,
     list_primitives,
 )
+from adplugin.eager.function import function
+from adplugin.eager.recording import EagerTensor
+from adplugin.eager.tape import GradientTape
+from adplugin.eager.variable import Variable
 from adplugin.frontends.trace import trace
 from adplugin.ir import operators as _operators  # noqa: F401  (Python operators on tensors)
 from adplugin.ir.graph import (
@@ -87,4 +91,8 @@ __all__ = [
     # graphs
     "Graph", "GraphError", "Node", "Tensor", "constant", "get_default_graph", "placeholder",
     "trace", "gradients", "hessians", "forward_gradients", "simplify",
+    # eager
+    "Variable", "GradientTape", "EagerTensor", "function", "optimizers",
 ]
+
+from adplugin import optimizers  # noqa: E402  (needs optax)

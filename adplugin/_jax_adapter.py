@@ -191,8 +191,27 @@ def _cotangent_aval(aval: Any) -> Any:
 
 def new_primitive(name: str) -> Any:
     prim = jex_core.Primitive(name)
-    prim.def_impl(partial(_dispatch.apply_primitive, prim))
+    prim.def_impl(_EagerImpl(prim))
     return prim
+
+
+class _EagerImpl:
+    """Eager evaluation of a primitive: one cached `jax.jit` per params (C++ fast dispatch),
+    falling back to JAX's own path for unhashable params."""
+
+    def __init__(self, prim: Any):
+        self.prim = prim
+        self.cache: dict[Any, Callable[..., Any]] = {}
+
+    def __call__(self, *args: Any, **params: Any) -> Any:
+        try:
+            key = tuple(params.items())
+            fn = self.cache.get(key)
+        except TypeError:
+            return _dispatch.apply_primitive(self.prim, *args, **params)
+        if fn is None:
+            fn = self.cache[key] = jax.jit(partial(self.prim.bind, **params))
+        return fn(*args)
 
 
 def register(

@@ -90,6 +90,11 @@ class Primitive:
                     handler = h
             if handler is not None:
                 return handler[1](self, args, params)
+            if intercepted:
+                for a in args:
+                    hook = intercepted.get(id(a))
+                    if hook is not None:
+                        return hook(self, args, params)
             if active_builders and not any(isinstance(a, jx.JAX_VALUE_TYPES) for a in args):
                 return active_builders[-1](self, args, params)  # constants inside a graph
         return self.jax_primitive.bind(*args, **params)
@@ -111,6 +116,11 @@ _symbolic_handlers: dict[type, tuple[int, SymbolicBind]] = {}
 # Builders of graphs being built (innermost last): inside one, an op whose arguments are all
 # constants (NumPy arrays, Python scalars) adds a node too, as in TensorFlow's graph mode.
 active_builders: list[SymbolicBind] = []
+
+
+# Objects (by id) whose ops are recorded though they are plain arrays: arrays a gradient tape
+# watches. Empty unless a tape watches an array.
+intercepted: dict[int, SymbolicBind] = {}
 
 
 def register_symbolic_type(cls: type, bind: SymbolicBind, priority: int = 0) -> None:

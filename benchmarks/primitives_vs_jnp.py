@@ -169,7 +169,8 @@ def eager_rows(repeats: int) -> list[dict[str, Any]]:
     rows = []
     for name, f_ap, f_jnp in cases:
         per = max(200, repeats * 20)
-        t_ap, t_jnp = interleaved(lambda f=f_ap: _loop(f, per), lambda f=f_jnp: _loop(f, per), 5)
+        t_ap, t_jnp = interleaved(lambda f=f_ap, n=per: _loop(f, n),
+                                 lambda f=f_jnp, n=per: _loop(f, n), 5)
         rows.append({"benchmark": f"eager {name}", "kind": "eager", "ap_s": t_ap / per,
                      "jnp_s": t_jnp / per, "ratio": t_ap / t_jnp})
     return rows

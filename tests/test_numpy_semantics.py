@@ -1,4 +1,4 @@
-"""`ap.*` wrappers against `jax.numpy`: values, dtypes and gradients over drawn shapes and dtypes."""
+"""`ap.*` wrappers against `jax.numpy`: values, dtypes and gradients over drawn shapes, dtypes."""
 
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ from adplugin._errors import AdpluginError, message
 from adplugin._primitive import Primitive, get_primitive, list_primitives
 from adplugin.ir.graph import Graph, GraphError, Tensor
 from adplugin.primitives._rules import full
+from adplugin.primitives.indexing import _fill_value
 
 __all__ = ["TraceError", "TracedFunction", "supported_primitives", "trace"]
 
@@ -455,8 +456,6 @@ def _gather(args: list[Tensor], params: dict[str, Any]) -> Any:
     flat = _bind("reshape", indices, new_sizes=indices.shape[:-1])
     out = _bind("take", x, flat, axis=axis)  # clamps, as the CLIP and PROMISE_IN_BOUNDS modes
     if _mode(params) == "FILL_OR_DROP":
-        from adplugin.primitives.indexing import _fill_value
-
         fill = params.get("fill_value")
         fill = _fill_value(x.dtype) if fill is None else fill
         valid = _bind("broadcast_in_dim", _in_bounds(flat, x.shape[axis]), shape=out.shape,
@@ -634,7 +633,7 @@ def _argument_names(fn: Callable[..., Any], args: Sequence[Any]) -> list[str]:
         params = []
     positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     star = next((p.name for p in params if p.kind == p.VAR_POSITIONAL), None)
-    names = []
+    names: list[str] = []
     for i, arg in enumerate(args):
         if i < len(positional):
             base = positional[i]

@@ -1,4 +1,4 @@
-"""Python operators on graph tensors, each one an `ap.*` op (so `2*a*b**2 + 3*a**2*b` works)."""
+"""Python operators on symbolic values, each one an `ap.*` op (`2*a*b**2 + 3*a**2*b` works)."""
 
 from __future__ import annotations
 
@@ -39,5 +39,12 @@ _METHODS: dict[str, Any] = {
     "sum": lambda self, axis=None, keepdims=False: reductions.sum(self, axis, keepdims),
     "mean": lambda self, axis=None, keepdims=False: reductions.mean(self, axis, keepdims),
 }
-for _name, _method in _METHODS.items():
-    setattr(Tensor, _name, _method)
+
+
+def install_operators(cls: type) -> None:
+    """Give `cls` NumPy-style operators and methods that call the `ap.*` ops."""
+    for name, method in _METHODS.items():
+        setattr(cls, name, method)
+
+
+install_operators(Tensor)

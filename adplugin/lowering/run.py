@@ -39,7 +39,8 @@ def evaluate(nodes: Sequence[Node], outputs: Sequence[Tensor], env: dict[int, An
     return [env[t.node.id] for t in outputs]
 
 
-def _needed(graph: Graph, outputs: Sequence[Tensor], fed: set[int]) -> list[Node]:
+def nodes_needed(graph: Graph, outputs: Sequence[Tensor], fed: set[int]) -> list[Node]:
+    """The nodes `outputs` depend on, in graph order, not looking past the `fed` ones."""
     keep: set[int] = set()
     stack = [t.node for t in outputs]
     while stack:
@@ -92,7 +93,7 @@ def compile_graph(graph: Graph, fetches: Sequence[Tensor], feeds: Sequence[Tenso
     if hit is not None:
         return hit
     fed = {t.node.id for t in feeds}
-    nodes = _needed(graph, fetches, fed)
+    nodes = nodes_needed(graph, fetches, fed)
     small, mapping = simplify(graph, fetches, cut=fed, nodes=nodes)
     outs = [mapping[t.node.id] for t in fetches]
     ins = [mapping.get(t.node.id) for t in feeds]

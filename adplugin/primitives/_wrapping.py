@@ -15,7 +15,7 @@ import numpy as np
 
 from adplugin import _jax_adapter as jx
 from adplugin._errors import axis_error, shape_error, type_error
-from adplugin._primitive import _symbolic_types, active_builders, get_primitive
+from adplugin._primitive import _symbolic_types, active_builders, get_primitive, intercepted
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,7 +34,8 @@ def op(*, static_argnames: Sequence[str] = ()) -> Callable[[F], F]:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if _symbolic_types and (_any_symbolic(args) or (
-                    active_builders and not _any_jax_value(args))):
+                    active_builders and not _any_jax_value(args)) or (
+                    intercepted and any(id(a) in intercepted for a in args))):
                 return fn(*args, **kwargs)
             try:
                 return jitted(*args, **kwargs)
@@ -141,11 +142,25 @@ def broadcast_shapes(name: str, *args: Any) -> tuple[int, ...]:
 
 def promote(name: str, *args: Any, to_inexact: bool = False) -> list[Any]:
     """Operands converted to their common dtype and broadcast to their common shape."""
+    if _uniform(args, to_inexact):
+        return list(args)
     dtype, weak = result_dtype(name, *args)
     if to_inexact and jx.kind_of(dtype) not in "fc":
         dtype, weak = jx.to_inexact(dtype), weak and jx.kind_of(dtype) != "b"
     shape = broadcast_shapes(name, *args)
     return [broadcast_to_shape(convert(a, dtype, weak), shape) for a in args]
+
+
+def _uniform(args: Sequence[Any], to_inexact: bool) -> bool:
+    """Whether the operands already share one shape and dtype (nothing to insert)."""
+    first = args[0]
+    dtype, shape = getattr(first, "dtype", None), getattr(first, "shape", None)
+    if dtype is None or shape is None or (to_inexact and jx.kind_of(dtype) not in "fc"):
+        return False
+    for a in args[1:]:
+        if getattr(a, "dtype", None) != dtype or getattr(a, "shape", None) != shape:
+            return False
+    return True
 
 
 def promote_dtypes(name: str, arrays: Sequence[Any]) -> list[Any]:

@@ -1,0 +1,1 @@
+"""Eager training: variables, gradient tapes (recording adplugin graphs), `ap.function`."""
