@@ -259,10 +259,16 @@ def _bind(prim: Primitive, args: Sequence[Any], params: dict[str, Any]) -> Any:
         owners = [a.recording for a in args if type(a) is EagerTensor]
         rec = owners[0] if owners else None
     if rec is None or rec.paused:
-        return prim.bind(*[_concrete(a) for a in args], **params)
+        values = [_concrete(a) for a in args]
+        if variable_readers:  # reads became graph placeholders: add a node
+            return prim.bind(*values, **params)
+        return prim.jax_primitive.bind(*values, **params)  # watched arrays are not re-hooked
     return rec.record(prim, args, params)
 
 
+# A pytree of its value, so JAX functions (jnp.sum(y), jax.jit(f)(y)) take eager tensors.
+jax.tree_util.register_pytree_node(
+    EagerTensor, lambda t: ((t.materialized,), None), lambda _, children: children[0])
 register_symbolic_type(EagerTensor, _bind, priority=2)
 register_symbolic_type(Variable, _bind, priority=2)
 install_operators(EagerTensor)

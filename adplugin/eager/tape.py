@@ -178,7 +178,7 @@ class GradientTape:
     def _compiled_gradients(self, rec: Recording, ys: list[Tensor], xs: list[Tensor],
                             gys: list[Any] | None, targets: list[Any]) -> list[Any]:
         upto = max(t.node.id for t in ys + xs) + 1
-        weights = None if gys is None else [np.asarray(g).shape for g in gys]
+        weights = None if gys is None else tuple(np.shape(g) for g in gys)
         key = ("grad", rec.structure(upto), tuple(t.node.id for t in ys),
                tuple(t.node.id for t in xs), weights)
 

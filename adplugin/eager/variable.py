@@ -114,5 +114,20 @@ class Variable:
         return self is other
 
 
+def _flatten(v: Variable) -> tuple[tuple[Any], tuple[bool, str]]:
+    return (v._value,), (v.trainable, v.name)
+
+
+def _unflatten(aux: tuple[bool, str], children: Any) -> Variable:
+    # a view of the value (possibly a tracer) inside a JAX transformation
+    v = object.__new__(Variable)
+    v._value, (v.trainable, v.name) = children[0], aux
+    return v
+
+
+# A pytree, so JAX functions (jnp.sum(v), jax.jit(f)(v)) take variables directly.
+jax.tree_util.register_pytree_node(Variable, _flatten, _unflatten)
+
+
 def _concrete(value: Any) -> Any:
     return value.value if isinstance(value, Variable) else getattr(value, "materialized", value)
