@@ -214,6 +214,21 @@ class _EagerImpl:
         return fn(*args)
 
 
+def _match_sharding(x: Any, aval: Any) -> Any:
+    """`x` resharded to `aval`'s sharding where shardings are part of the types and differ.
+
+    JAX requires a tangent (cotangent) to have its primal's type, sharding included; a rule
+    computing it from other values may derive another sharding (a sum broadcast back, say).
+    """
+    want = getattr(aval, "sharding", None)
+    if want is None or want.mesh.empty or want.mesh.are_all_axes_auto:
+        return x
+    have = _typeof(x).sharding
+    if tuple(have.spec) == tuple(want.spec):
+        return x
+    return jax.sharding.reshard(x, want)
+
+
 def register(
     prim: Any,
     *,
@@ -236,8 +251,8 @@ def register(
         ts = [None if type(t) is ad.Zero else t for t in tangents]
         out, t_out = jvp(primals, ts, **params)
         if t_out is None:
-            t_out = ad.Zero(_tangent_aval(_typeof(out)))
-        return out, t_out
+            return out, ad.Zero(_tangent_aval(_typeof(out)))
+        return out, _match_sharding(t_out, _typeof(out))
 
     ad.primitive_jvps[prim] = jax_jvp
 
@@ -249,7 +264,8 @@ def register(
                         for a, lin in zip(args, linear)]
             values = [a.aval if lin else a for a, lin in zip(args, linear)]
             cts = transpose(ct, linear, *values, **params)
-            return [c if lin else None for c, lin in zip(cts, linear)]
+            return [_match_sharding(c, a.aval) if lin and c is not None else None
+                    for c, a, lin in zip(cts, args, linear)]
 
         ad.primitive_transposes[prim] = jax_transpose
 

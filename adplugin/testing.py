@@ -29,7 +29,13 @@ from jax.test_util import check_grads
 
 from adplugin import _jax_adapter as jx
 from adplugin._errors import DerivativeError
-from adplugin._primitive import NOT_DIFFERENTIABLE, ZERO_DERIVATIVE, Primitive, get_primitive
+from adplugin._primitive import (
+    NOT_DIFFERENTIABLE,
+    ZERO_DERIVATIVE,
+    Primitive,
+    _Marker,
+    get_primitive,
+)
 
 __all__ = ["CheckReport", "PrimitiveCheckError", "check_primitive"]
 
@@ -296,5 +302,27 @@ def _check_sharding(prim: Primitive, fail: Callable[..., Exception], fn: Callabl
         if tuple(predicted) != tuple(out.sharding.spec):
             raise fail("sharding", f"rule derived {predicted} but XLA produced "
                                    f"{out.sharding.spec}")
+        grads = _sharded_gradients(prim, fail, fn, placed)
     _assert_close(fail, "sharding", out, eager, tol, "explicitly sharded run vs unsharded")
+    if grads is not None:
+        want = _sharded_gradients(prim, fail, fn, list(args))
+        assert want is not None
+        for got, ref in zip(grads, want):
+            _assert_close(fail, "sharding", got, ref, (1e-4, 1e-4),
+                          "reverse mode with explicitly sharded operands vs unsharded")
     return None
+
+
+def _sharded_gradients(prim: Primitive, fail: Callable[..., Exception], fn: Callable[..., Any],
+                       args: list[Any]) -> list[Any] | None:
+    """Gradients of sum(fn) with respect to the float operands (None if not applicable)."""
+    free = [i for i, a in enumerate(args) if _is_float(a)]
+    if isinstance(prim.jvp, _Marker) or not free or not _is_float(jax.eval_shape(fn, *args)):
+        return None
+    g = _with_args(fn, args, free)
+    try:
+        return list(jax.jit(jax.grad(lambda *xs: g(*xs).sum(), tuple(range(len(free)))))(
+            *[args[i] for i in free]))
+    except Exception as e:
+        raise fail("sharding", f"reverse mode with explicitly sharded operands: "
+                               f"{type(e).__name__}: {e}") from e

@@ -102,22 +102,48 @@ def _reshape_eval(x: Any, *, new_sizes: tuple[int, ...]) -> Any:
 
 
 def _reshape_sharding(specs: Sequence[Spec], x: Any, *, new_sizes: tuple[int, ...]) -> Spec:
+    """Dimensions are matched in groups of equal size product (a split, a merge, or a size-1
+    dim added or removed); a group keeps the sharding of its major-most dimension."""
     spec = specs[0]
-    if all(s is None for s in spec):
-        return (None,) * len(new_sizes)
-    # dimensions kept whole (same leading sizes) keep their sharding
     out: list[Any] = [None] * len(new_sizes)
-    for i, (a, b) in enumerate(zip(x.shape, new_sizes)):
-        if a != b:
-            break
-        out[i] = spec[i]
-    kept = sum(s is not None for s in out)
-    if kept != sum(s is not None for s in spec):
-        raise ShardingRuleError(message(
-            "reshape", "a sharded dimension is split or merged",
-            f"{list(x.shape)} sharded {spec} to {list(new_sizes)}",
-            "sharded dimensions left whole", "reshard the operand to replicated first"))
+    for ins, outs in _reshape_groups(x.shape, new_sizes):
+        sharded = [i for i in ins if spec[i] is not None]
+        if not sharded:
+            continue
+        major_in = next(i for i in ins if x.shape[i] != 1)
+        major_out = next((j for j in outs if new_sizes[j] != 1), None)
+        if sharded != [major_in] or major_out is None:
+            raise ShardingRuleError(message(
+                "reshape", "a sharded dimension would be split into or merged from minor ones",
+                f"{list(x.shape)} sharded {spec} to {list(new_sizes)}",
+                "sharded dimensions that stay the major part of their group",
+                "reshard the operand (jax.sharding.reshard) before reshaping"))
+        out[major_out] = spec[major_in]
     return tuple(out)
+
+
+def _reshape_groups(old: Sequence[int], new: Sequence[int]
+                    ) -> list[tuple[list[int], list[int]]]:
+    """Consecutive dimension groups of `old` and `new` with equal products (size 1s attached
+    to the group before them, or the first group)."""
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(old) or j < len(new):
+        ins, outs = [], []
+        p_in = p_out = 1
+        while True:
+            if i < len(old) and (p_in < p_out or not ins or (p_in == p_out and old[i] == 1)):
+                p_in *= old[i]
+                ins.append(i)
+                i += 1
+            elif j < len(new) and (p_out < p_in or not outs or (p_in == p_out and new[j] == 1)):
+                p_out *= new[j]
+                outs.append(j)
+                j += 1
+            else:
+                break
+        groups.append((ins, outs))
+    return groups
 
 
 def _reshape_batching(args: Sequence[Any], dims: Sequence[Any], *,
