@@ -18,7 +18,8 @@ import jax
 import numpy as np
 
 from adplugin._primitive import Primitive, intercepted, register_symbolic_type
-from adplugin.eager.variable import Variable
+from adplugin._errors import DerivativeError, message
+from adplugin.eager.variable import Variable, jax_read_guards
 from adplugin.ir.graph import CONSTANT, PLACEHOLDER, Graph, Tensor
 from adplugin.ir.operators import install_operators
 from adplugin.lowering.run import evaluate, nodes_needed
@@ -216,6 +217,7 @@ class EagerTensor:
         return np.asarray(self.materialized)
 
     def __jax_array__(self) -> jax.Array:
+        _refuse_silent_jax_read(self)
         return self.materialized
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -267,8 +269,33 @@ def _bind(prim: Primitive, args: Sequence[Any], params: dict[str, Any]) -> Any:
 
 
 # A pytree of its value, so JAX functions (jnp.sum(y), jax.jit(f)(y)) take eager tensors.
-jax.tree_util.register_pytree_node(
-    EagerTensor, lambda t: ((t.materialized,), None), lambda _, children: children[0])
+def _refuse_silent_jax_read(x: Any) -> None:
+    """A JAX function reading a value the active tape differentiates would compute outside
+    the tape, and the gradient through it would silently be lost: refuse instead."""
+    rec = active_recording()
+    if rec is None or rec.paused:
+        return
+    if isinstance(x, Variable) and not x.trainable:
+        return
+    if isinstance(x, EagerTensor) and x.recording is not rec:
+        return
+    name = x.name if isinstance(x, Variable) else "an eager tensor"
+    raise DerivativeError(message(
+        "GradientTape", "a JAX function (jax.numpy, or a jax.Array's operator) read a value "
+        "the tape records, so the tape would not see that computation",
+        f"{name} read by JAX inside `with GradientTape()`", "ap.* ops on recorded values",
+        "use the ap.* op (ap.multiply(a, v) rather than jnp_array * v or jnp.multiply), or "
+        "read the plain value with v.value / inside tape.stop_recording() if it must not "
+        "be differentiated"))
+
+
+def _flatten_eager(t: EagerTensor) -> tuple[tuple[Any], None]:
+    _refuse_silent_jax_read(t)
+    return (t.materialized,), None
+
+
+jax_read_guards.append(_refuse_silent_jax_read)
+jax.tree_util.register_pytree_node(EagerTensor, _flatten_eager, lambda _, kids: kids[0])
 register_symbolic_type(EagerTensor, _bind, priority=2)
 register_symbolic_type(Variable, _bind, priority=2)
 install_operators(EagerTensor)

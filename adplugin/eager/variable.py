@@ -86,6 +86,7 @@ class Variable:
     # --- array protocol -------------------------------------------------------------------------
 
     def __jax_array__(self) -> jax.Array:
+        _check_jax_read(self)
         return self._value
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -115,7 +116,17 @@ class Variable:
 
 
 def _flatten(v: Variable) -> tuple[tuple[Any], tuple[bool, str]]:
+    _check_jax_read(v)
     return (v._value,), (v.trainable, v.name)
+
+
+# Set by the tape: raises when a JAX function reads a variable the tape would differentiate.
+jax_read_guards: list[Any] = []
+
+
+def _check_jax_read(v: Any) -> None:
+    for guard in jax_read_guards:
+        guard(v)
 
 
 def _unflatten(aux: tuple[bool, str], children: Any) -> Variable:

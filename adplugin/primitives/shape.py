@@ -129,7 +129,8 @@ def _reshape_groups(old: Sequence[int], new: Sequence[int]
     groups: list[tuple[list[int], list[int]]] = []
     i = j = 0
     while i < len(old) or j < len(new):
-        ins, outs = [], []
+        ins: list[int] = []
+        outs: list[int] = []
         p_in = p_out = 1
         while True:
             if i < len(old) and (p_in < p_out or not ins or (p_in == p_out and old[i] == 1)):
