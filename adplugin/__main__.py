@@ -77,6 +77,7 @@ def graphs() -> None:
         a, b = ap.placeholder((), name="a"), ap.placeholder((), name="b")
         f = seed_polynomial(a, b)
         (df_da,) = ap.gradients(f, [a])
+        assert df_da is not None
         (d2f,) = ap.gradients(df_da, [b])
     small, mapping = ap.simplify(g, [f, df_da])
     print(small.to_text([mapping[f.node.id], mapping[df_da.node.id]]))

@@ -17,8 +17,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from adplugin._primitive import Primitive, intercepted, register_symbolic_type
 from adplugin._errors import DerivativeError, message
+from adplugin._operator_types import OperatorMethods
+from adplugin._primitive import Primitive, intercepted, register_symbolic_type
 from adplugin.eager.variable import Variable, jax_read_guards
 from adplugin.ir.graph import CONSTANT, PLACEHOLDER, Graph, Tensor
 from adplugin.ir.operators import install_operators
@@ -170,7 +171,7 @@ def active_recording() -> Recording | None:
     return state.recording if state.depth else None
 
 
-class EagerTensor:
+class EagerTensor(OperatorMethods):
     """The result of an op recorded on a gradient tape; its value is computed on demand.
 
     Behaves like an array: `ap.*` ops, Python operators, `jnp` functions (`__jax_array__`),

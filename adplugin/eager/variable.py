@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from adplugin._errors import message, shape_error
+from adplugin._operator_types import OperatorMethods
 
 
-class Variable:
+class Variable(OperatorMethods):
     """A named, mutable array (TensorFlow's `tf.Variable`).
 
     Reading it inside a `GradientTape` records the read (and the tape watches it when it is

@@ -18,6 +18,7 @@ import numpy as np
 
 from adplugin import _jax_adapter as jx
 from adplugin._errors import AdpluginError, message
+from adplugin._operator_types import OperatorMethods
 from adplugin._primitive import (
     Primitive,
     ShapeDtype,
@@ -59,7 +60,7 @@ class Node:
         return f"Node({self.id}, {self.op_name}, role={self.role})"
 
 
-class Tensor:
+class Tensor(OperatorMethods):
     """A symbolic value of a graph: shape, dtype and the node that computes it.
 
     Works with every `ap.*` op and with Python operators (`2*a*b**2 + 3*a**2*b`).
