@@ -214,9 +214,8 @@ def test_function_traces_once_per_signature_and_reads_variables_each_call() -> N
 
 def test_a_jax_function_reading_a_recorded_value_is_refused_not_silently_lost() -> None:
     w = ap.Variable(np.array([1.0, 2.0], np.float32))
-    with pytest.raises(DerivativeError, match="use the ap.\\* op"):
-        with ap.GradientTape():
-            _ = jnp.array([3.0, 4.0], np.float32) * w  # jax.Array.__mul__ would bypass the tape
+    with pytest.raises(DerivativeError, match="use the ap.\\* op"), ap.GradientTape():
+        _ = jnp.array([3.0, 4.0], np.float32) * w  # jax.Array.__mul__ would bypass the tape
     with ap.GradientTape() as tape:
         y = ap.sum(ap.multiply(jnp.array([3.0, 4.0], np.float32), w))
         with tape.stop_recording():
