@@ -21,9 +21,9 @@ from adplugin._errors import DerivativeError, message
 from adplugin._operator_types import OperatorMethods
 from adplugin._primitive import Primitive, intercepted, register_symbolic_type
 from adplugin.eager.variable import Variable, jax_read_guards
-from adplugin.ir.graph import CONSTANT, PLACEHOLDER, Graph, Tensor
+from adplugin.ir.graph import CONSTANT, PLACEHOLDER, Graph, Tensor, needed_nodes
 from adplugin.ir.operators import install_operators
-from adplugin.lowering.run import evaluate, nodes_needed
+from adplugin.lowering.run import evaluate
 
 
 class Recording:
@@ -102,7 +102,7 @@ class Program:
         self.n_leaves = len(leaves)
         self._graph, self._fetches, self._leaves = graph, list(fetches), list(leaves)
         cut = {t.node.id for t in leaves}
-        self._nodes = nodes_needed(graph, fetches, cut)
+        self._nodes = needed_nodes(graph, fetches, cut)
         self._compiled: Callable[..., Any] | None = None
         self._pending: Future[Callable[..., Any]] | None = None
         self.uses = 0

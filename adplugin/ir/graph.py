@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -245,6 +245,24 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"<Graph {self.name}: {len(self.nodes)} nodes>"
+
+
+def needed_nodes(graph: Graph, outputs: Sequence[Tensor] | None,
+                 cut: Collection[int] = ()) -> list[Node]:
+    """The nodes `outputs` depend on, in graph order (all nodes when outputs is None), not
+    looking past the nodes whose ids are in `cut` (values fed from outside)."""
+    if outputs is None:
+        return list(graph.nodes)
+    keep: set[int] = set()
+    stack = [t.node for t in outputs]
+    while stack:
+        node = stack.pop()
+        if node.id in keep:
+            continue
+        keep.add(node.id)
+        if node.id not in cut:
+            stack.extend(i.node for i in node.inputs)
+    return [n for n in graph.nodes if n.id in keep]
 
 
 from adplugin._primitive import Linear  # noqa: E402  (after Tensor: no cycle at import)

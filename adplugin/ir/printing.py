@@ -9,25 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from adplugin.ir.graph import CONSTANT, DERIVATIVE, PLACEHOLDER, Node, Tensor
+from adplugin.ir.graph import CONSTANT, DERIVATIVE, PLACEHOLDER, Node, Tensor, needed_nodes
 
 if TYPE_CHECKING:
     from adplugin.ir.graph import Graph
-
-
-def needed_nodes(graph: Graph, outputs: Sequence[Tensor] | None) -> list[Node]:
-    """The nodes that `outputs` depend on, in graph order (all nodes when outputs is None)."""
-    if outputs is None:
-        return list(graph.nodes)
-    keep: set[int] = set()
-    stack = [t.node for t in outputs]
-    while stack:
-        node = stack.pop()
-        if node.id in keep:
-            continue
-        keep.add(node.id)
-        stack.extend(i.node for i in node.inputs)
-    return [n for n in graph.nodes if n.id in keep]
 
 
 def _param_text(value: Any) -> str:

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from adplugin._errors import message
-from adplugin.ir.graph import CONSTANT, PLACEHOLDER, GraphError, Node, Tensor
+from adplugin.ir.graph import CONSTANT, PLACEHOLDER, GraphError, Node, Tensor, needed_nodes
 
 if TYPE_CHECKING:
     from adplugin.ir.graph import Graph
@@ -37,20 +37,6 @@ def evaluate(nodes: Sequence[Node], outputs: Sequence[Tensor], env: dict[int, An
             assert not isinstance(node_op, str)
             env[node.id] = node_op.bind(*[env[i.node.id] for i in node.inputs], **node.params)
     return [env[t.node.id] for t in outputs]
-
-
-def nodes_needed(graph: Graph, outputs: Sequence[Tensor], fed: set[int]) -> list[Node]:
-    """The nodes `outputs` depend on, in graph order, not looking past the `fed` ones."""
-    keep: set[int] = set()
-    stack = [t.node for t in outputs]
-    while stack:
-        node = stack.pop()
-        if node.id in keep:
-            continue
-        keep.add(node.id)
-        if node.id not in fed:
-            stack.extend(i.node for i in node.inputs)
-    return [n for n in graph.nodes if n.id in keep]
 
 
 def _check_fetch(graph: Graph, t: Any) -> Tensor:
@@ -93,7 +79,7 @@ def compile_graph(graph: Graph, fetches: Sequence[Tensor], feeds: Sequence[Tenso
     if hit is not None:
         return hit
     fed = {t.node.id for t in feeds}
-    nodes = nodes_needed(graph, fetches, fed)
+    nodes = needed_nodes(graph, fetches, fed)
     small, mapping = simplify(graph, fetches, cut=fed, nodes=nodes)
     outs = [mapping[t.node.id] for t in fetches]
     ins = [mapping.get(t.node.id) for t in feeds]

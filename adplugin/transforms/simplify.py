@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from adplugin._primitive import Primitive
-from adplugin.ir.graph import CONSTANT, PLACEHOLDER, Graph, Node, Tensor
-from adplugin.ir.printing import needed_nodes
+from adplugin.ir.graph import CONSTANT, PLACEHOLDER, Graph, Node, Tensor, needed_nodes
 
 _FOLD_LIMIT = 1024  # largest constant (in elements) that folding may create
 
