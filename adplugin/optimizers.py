@@ -59,7 +59,8 @@ class Optimizer:
                                          list(jnp.shape(g)), list(v.shape),
                                          "pass gradients computed for these variables"))
         variables = [v for _, v in pairs]
-        grads = [jnp.asarray(g, v.dtype) for g, v in pairs]
+        grads = [g if getattr(g, "dtype", None) == v.dtype and isinstance(g, jax.Array)
+                 else jnp.asarray(g, v.dtype) for g, v in pairs]
         params = [v.value for v in variables]
         key = tuple(id(v) for v in variables)
         state = self._states.get(key)

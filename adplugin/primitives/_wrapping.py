@@ -144,7 +144,7 @@ def promote(name: str, *args: Any, to_inexact: bool = False) -> list[Any]:
     """Operands converted to their common dtype and broadcast to their common shape."""
     if _uniform(args, to_inexact):
         return list(args)
-    dtype, weak = result_dtype(name, *args)
+    dtype, weak = _quick_dtype(args, to_inexact) or result_dtype(name, *args)
     if to_inexact and jx.kind_of(dtype) not in "fc":
         dtype, weak = jx.to_inexact(dtype), weak and jx.kind_of(dtype) != "b"
     shape = broadcast_shapes(name, *args)
@@ -161,6 +161,22 @@ def _uniform(args: Sequence[Any], to_inexact: bool) -> bool:
         if getattr(a, "dtype", None) != dtype or getattr(a, "shape", None) != shape:
             return False
     return True
+
+
+def _quick_dtype(args: Sequence[Any], to_inexact: bool) -> tuple[np.dtype, bool] | None:
+    """The result dtype without JAX's promotion lattice in the common cases: operands of one
+    floating dtype, possibly with Python int/float scalars (which are weak)."""
+    dtype = None
+    for a in args:
+        if isinstance(a, (int, float)) and not isinstance(a, bool):
+            continue
+        d = getattr(a, "dtype", None)
+        if d is None or getattr(a, "weak_type", False) or (dtype is not None and d != dtype):
+            return None
+        dtype = d
+    if dtype is None or jx.kind_of(dtype) != "f":
+        return None
+    return np.dtype(dtype), False
 
 
 def promote_dtypes(name: str, arrays: Sequence[Any]) -> list[Any]:

@@ -1,0 +1,61 @@
+"""benchmarks/tape_training.py runs (--quick) and writes the JSON it promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "tape_training.py"
+DATA = ROOT.parent / "shared" / "data" / "movielens" / "course-small"
+
+pytestmark = pytest.mark.skipif(not (DATA / "small_movies_Y.csv").exists(),
+                                reason=f"MovieLens practice set not found in {DATA}")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "tape_training.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_json_keys(report):
+    assert {"meta", "config", "training", "latency", "goals", "reference"} <= report.keys()
+    assert report["config"]["quick"] is True
+    training = report["training"]
+    assert {"variants", "check", "ratios", "orders"} <= training.keys()
+    assert {"ap", "jax", "tensorflow", "torch"} <= training["variants"].keys()
+    for name in ("ap", "jax"):
+        v = training["variants"][name]
+        assert {"total_s", "first_step_s", "steady_step_s", "final_loss", "runs"} <= v.keys()
+        assert v["total_s"] > 0 and v["steady_step_s"] > 0
+        assert len(v["runs"]) == report["config"]["repeats"]
+        assert len(v["runs"][0]["step_ms"]) == report["config"]["steps"]
+    for name in ("tensorflow", "torch"):  # measured, or skipped with the reason
+        v = training["variants"][name]
+        assert "total_s" in v or v.get("skipped")
+    assert {"ap_over_jax_total", "ap_over_jax_steady"} <= training["ratios"].keys()
+    lat = report["latency"]
+    assert {"first_ms", "compiled_median_ms", "during_compile_median_ms",
+            "during_compile_calls"} <= lat["adplugin"].keys()
+    assert lat["adplugin"]["first_ms"] > 0 and lat["adplugin"]["compiled_median_ms"] > 0
+    assert "repeated_median_ms" in lat["torch"] or lat["torch"].get("skipped")
+    assert len(report["goals"]) == 3
+    for goal in report["goals"]:
+        assert {"goal", "value", "target", "passed"} <= goal.keys()
+
+
+def test_final_losses_agree(report):
+    variants = report["training"]["variants"]
+    a, b = variants["ap"], variants["jax"]
+    assert report["training"]["check"]["ok"] is True
+    assert a["final_loss"] == pytest.approx(b["final_loss"], rel=1e-3)
+    assert a["first_loss"] == pytest.approx(b["first_loss"], rel=1e-5)
+    assert a["final_loss"] < a["first_loss"]  # it trained
