@@ -8,7 +8,9 @@ nodes (`gradients` does, as TensorFlow's does) or build a new graph (`simplify`)
 
 from __future__ import annotations
 
+import gc
 import itertools
+import math
 import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -79,7 +81,7 @@ class Tensor(OperatorMethods):
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape))
+        return math.prod(self.shape)
 
     @property
     def name(self) -> str:
@@ -245,6 +247,19 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"<Graph {self.name}: {len(self.nodes)} nodes>"
+
+
+@contextmanager
+def no_cyclic_gc() -> Iterator[None]:
+    """Graph passes allocate many small objects and free none: the cyclic collector would
+    rescan them all again and again (quadratic time), so it waits until the end."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def needed_nodes(graph: Graph, outputs: Sequence[Tensor] | None,

@@ -11,9 +11,7 @@ linear primitives need transpose rules, and the result is an ordinary graph: app
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -29,7 +27,7 @@ from adplugin._primitive import (
     get_primitive,
     register_symbolic_type,
 )
-from adplugin.ir.graph import Graph, GraphError, Node, Tensor
+from adplugin.ir.graph import Graph, GraphError, Node, Tensor, no_cyclic_gc
 
 
 class LinearVar:
@@ -111,19 +109,6 @@ def _input_vjp(node: Node, i: int, ct: Tensor) -> Tensor | None:
     return _transpose_tape(tape, t, result, ct)
 
 
-@contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
-    """Derivation allocates many small objects and frees none: the cyclic collector would
-    rescan them all again and again (quadratic time), so it waits until the end."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _is_float(t: Any) -> bool:
     return jx.kind_of(t.dtype) == "f"
 
@@ -202,7 +187,7 @@ def gradients(ys: Any, xs: Any, grad_ys: Any = None,
     active = active_nodes(graph, xs_list)
     x_ids = {x.node.id for x in xs_list}
     cts: dict[int, Tensor] = {}
-    with graph.building(), graph.derivative_nodes(), _no_cyclic_gc():
+    with graph.building(), graph.derivative_nodes(), no_cyclic_gc():
         for y, gy in zip(ys_list, gys):
             if y.node.id in active:
                 seed = ones_like(y) if gy is None else graph._as_tensor(gy, "gradients")

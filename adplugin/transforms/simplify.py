@@ -13,8 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from adplugin._primitive import Primitive
-from adplugin.ir.graph import CONSTANT, PLACEHOLDER, Graph, Node, Tensor, needed_nodes
+from adplugin._primitive import Primitive, ShapeDtype
+from adplugin.ir.graph import (
+    CONSTANT,
+    PLACEHOLDER,
+    Graph,
+    Node,
+    Tensor,
+    needed_nodes,
+    no_cyclic_gc,
+)
 
 _FOLD_LIMIT = 1024  # largest constant (in elements) that folding may create
 
@@ -36,6 +44,10 @@ _NUMPY_FOLD: dict[str, Callable[..., np.ndarray]] = {
     "convert_element_type": lambda x, *, new_dtype, weak_type: x.astype(new_dtype),
     "transpose": lambda x, *, permutation: np.transpose(x, permutation),
 }
+
+
+_IDENTITY_OPS = {"mul", "add", "sub", "div", "neg", "broadcast_in_dim", "reshape",
+                 "convert_element_type", "transpose", "integer_pow", "select"}
 
 
 class _Simplifier:
@@ -79,6 +91,8 @@ class _Simplifier:
         return t
 
     def _identity(self, name: str, xs: list[Tensor], node: Node) -> Tensor | None:
+        if name not in _IDENTITY_OPS:
+            return None
         out = node.output
         same_type = [x for x in xs if x.shape == out.shape and x.dtype == out.dtype]
         v = [self.value_of(x) for x in xs]
@@ -121,9 +135,7 @@ def _freeze(params: dict[str, Any]) -> Any:
                         for k, v in params.items()))
 
 
-def _aval(t: Tensor) -> Any:
-    from adplugin._primitive import ShapeDtype
-
+def _aval(t: Tensor) -> ShapeDtype:
     return ShapeDtype(t.shape, t.dtype, t.weak_type)
 
 
@@ -134,6 +146,12 @@ def simplify(graph: Graph, outputs: Sequence[Tensor], cut: Collection[int] = (),
     Returns the graph and the map from the old graph's node ids to the new graph's tensors.
     """
     nodes = needed_nodes(graph, outputs) if nodes is None else nodes
+    with no_cyclic_gc():
+        return _simplify(graph, nodes, cut)
+
+
+def _simplify(graph: Graph, nodes: Sequence[Node], cut: Collection[int]
+              ) -> tuple[Graph, dict[int, Tensor]]:
     s = _Simplifier(f"{graph.name}.simplified")
     mapping: dict[int, Tensor] = {}
     for node in nodes:
