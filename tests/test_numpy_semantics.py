@@ -236,6 +236,19 @@ def test_float64_with_x64_enabled() -> None:
         got = jax.grad(lambda v: jnp.sum(ap.tanh(ap.multiply(v, v))))(x)
         want = jax.grad(lambda v: jnp.sum(jnp.tanh(v * v)))(x)
         assert_same(got, want, rtol=1e-12)
+        m = np.linspace(-1.0, 1.0, 15).reshape(5, 3)
+        pairs = [
+            (lambda a: ap.matmul(a, a.T), lambda a: a @ a.T),
+            (lambda a: ap.logsumexp(a, axis=0), lambda a: jax.nn.logsumexp(a, axis=0)),
+            (lambda a: ap.mean(a, axis=1), lambda a: jnp.mean(a, axis=1)),
+            (lambda a: ap.max(a), jnp.max),
+            (lambda a: ap.take(a, np.array([4, 0, 2]), axis=0), lambda a: a[np.array([4, 0, 2])]),
+            (lambda a: ap.power(a, 2.5), lambda a: jnp.power(a, 2.5)),
+        ]
+        for ours, theirs in pairs:
+            assert_same(ours(m), theirs(m), rtol=1e-12)
+            assert_same(jax.grad(lambda a, f=ours: jnp.sum(f(a)))(m),
+                        jax.grad(lambda a, f=theirs: jnp.sum(f(a)))(m), rtol=1e-12)
 
 
 def _mlp_ours(p: Any, x: Any) -> Any:
