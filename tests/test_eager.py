@@ -222,3 +222,13 @@ def test_a_jax_function_reading_a_recorded_value_is_refused_not_silently_lost() 
             assert float(jnp.sum(w)) == 3.0  # reading outside the recording is fine
     close(tape.gradient(y, w), [3.0, 4.0])
     assert float(jnp.sum(w)) == 3.0
+
+
+def test_eager_tensors_index_and_iterate() -> None:
+    w = ap.Variable(np.arange(3, dtype=np.float32))
+    with ap.GradientTape() as tape:
+        y = ap.square(w)
+        z = y[1] * 2.0 + y[-1]
+    assert [float(r) for r in y] == [0.0, 1.0, 4.0]
+    close(z, 6.0)
+    close(tape.gradient(z, w), [0.0, 4.0, 4.0])

@@ -263,3 +263,21 @@ def test_mixing_graphs_is_refused() -> None:
         b = ap.placeholder((), name="b")
         with pytest.raises(GraphError, match="another graph"):
             ap.add(a, b)
+
+
+def test_basic_indexing_of_tensors_matches_numpy_with_gradients() -> None:
+    x0 = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    keys: list[Any] = [0, (slice(None), 1), (Ellipsis, -1), (None, slice(1, None), slice(None, 2)),
+                       (1, 2, 3), (slice(None), slice(1, 3), None), slice(5, 9)]
+    with ap.Graph() as g:
+        x = ap.placeholder((2, 3, 4), name="x")
+        outs = [x[k] for k in keys]
+        (grad,) = ap.gradients(ap.sum(x[0, :, 1:]) + x[1, 2, 3], [x])
+    for got, k in zip(g.run(outs, {x: x0}), keys):
+        np.testing.assert_array_equal(got, x0[k])
+    want = jax.grad(lambda v: jnp.sum(v[0, :, 1:]) + v[1, 2, 3])(x0)
+    np.testing.assert_array_equal(g.run(grad, {x: x0}), want)
+    with pytest.raises(IndexError, match="out of range"):
+        x[2]
+    with pytest.raises(IndexError, match="unit-step"):
+        x[::2]

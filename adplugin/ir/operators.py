@@ -33,6 +33,7 @@ _METHODS: dict[str, Any] = {
     "__neg__": lambda self: elementwise.negative(self),
     "__pos__": lambda self: self,
     "__abs__": lambda self: elementwise.abs(self),
+    "__getitem__": lambda self, key: shape.basic_index(self, key),
     "T": property(lambda self: shape.transpose(self)),
     "reshape": lambda self, *s: shape.reshape(self, s[0] if len(s) == 1 else s),
     "astype": lambda self, dtype: conversion.astype(self, dtype),

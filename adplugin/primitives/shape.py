@@ -442,3 +442,51 @@ def _concatenate(arrays: list[Any], *, axis: int) -> Any:
     if len(dtype_args) == 1:
         return dtype_args[0]
     return concatenate_p.bind(*dtype_args, dimension=dim)
+
+
+def basic_index(x: Any, key: Any) -> Any:
+    """`x[key]` for integers, unit-step slices, `...` and `None` (NumPy's basic indexing),
+    with the slice and reshape primitives. Out-of-range integers raise IndexError."""
+    items = list(key) if isinstance(key, tuple) else [key]
+    shape = shape_of(x)
+    if sum(k is Ellipsis for k in items) > 1:
+        raise IndexError("ap indexing: at most one Ellipsis (...) per index")
+    consumed = sum(1 for k in items if k is not None and k is not Ellipsis)
+    if consumed > len(shape):
+        raise IndexError(f"ap indexing: {consumed} indices for an array of rank {len(shape)}")
+    fill = [slice(None)] * (len(shape) - consumed)
+    if Ellipsis in items:
+        at = items.index(Ellipsis)
+        items[at:at + 1] = fill
+    else:
+        items += fill
+    starts, limits, out_shape, dim = [], [], [], 0
+    for k in items:
+        if k is None:
+            out_shape.append(1)
+            continue
+        n = shape[dim]
+        dim += 1
+        if isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            if step != 1:
+                raise IndexError("ap indexing: only unit-step slices; use ap.take for others")
+            stop = max(stop, start)
+            starts.append(start)
+            limits.append(stop)
+            out_shape.append(stop - start)
+        elif isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+            i = int(k) + n if k < 0 else int(k)
+            if not 0 <= i < n:
+                raise IndexError(f"ap indexing: index {int(k)} out of range for size {n}")
+            starts.append(i)
+            limits.append(i + 1)
+        else:
+            raise IndexError(f"ap indexing: unsupported index {k!r}; use ap.take (gather) for "
+                             "array indices")
+    out = x
+    if tuple(starts) != (0,) * len(shape) or tuple(limits) != shape:
+        out = slice_p.bind(out, start_indices=tuple(starts), limit_indices=tuple(limits))
+    if tuple(out_shape) != shape_of(out):
+        out = reshape_p.bind(out, new_sizes=tuple(out_shape))
+    return out
