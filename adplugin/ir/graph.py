@@ -245,6 +245,18 @@ class Graph:
 
         return run(self, fetches, feed_dict or {})
 
+    def lower(self, fetches: Any, feed_dict: dict[Tensor, Any] | None = None) -> Any:
+        """The lowered program for these fetches and feeds (StableHLO text, cost analysis)."""
+        from adplugin.lowering.run import lower
+
+        return lower(self, fetches, feed_dict or {})
+
+    def export(self, fetches: Any, feed_dict: dict[Tensor, Any] | None = None) -> Any:
+        """The program as a serializable `jax.export.Exported`."""
+        from adplugin.lowering.run import export
+
+        return export(self, fetches, feed_dict or {})
+
     def __repr__(self) -> str:
         return f"<Graph {self.name}: {len(self.nodes)} nodes>"
 

@@ -7,10 +7,11 @@ graph is append-only, so that set always names the same computation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.export
 import numpy as np
 
 from adplugin._errors import message
@@ -70,7 +71,7 @@ def _check_feed(graph: Graph, t: Any, value: Any) -> Any:
 
 
 def compile_graph(graph: Graph, fetches: Sequence[Tensor], feeds: Sequence[Tensor]
-                  ) -> Callable[..., Any]:
+                  ) -> Any:
     """A jitted function of the feeds' values returning the fetches' values."""
     from adplugin.transforms.simplify import simplify
 
@@ -94,10 +95,31 @@ def compile_graph(graph: Graph, fetches: Sequence[Tensor], feeds: Sequence[Tenso
     return compiled
 
 
-def run(graph: Graph, fetches: Any, feed_dict: dict[Tensor, Any]) -> Any:
+def _prepare(graph: Graph, fetches: Any, feed_dict: dict[Tensor, Any]
+             ) -> tuple[list[Tensor], Any, list[Tensor], list[Any]]:
     flat, tree = jax.tree.flatten(fetches, is_leaf=lambda x: isinstance(x, Tensor))
     flat = [_check_fetch(graph, t) for t in flat]
     feeds = sorted(feed_dict, key=lambda t: t.node.id if isinstance(t, Tensor) else -1)
     values = [_check_feed(graph, t, feed_dict[t]) for t in feeds]
-    results = compile_graph(graph, flat, feeds)(*values)
-    return jax.tree.unflatten(tree, results)
+    return flat, tree, feeds, values
+
+
+def run(graph: Graph, fetches: Any, feed_dict: dict[Tensor, Any]) -> Any:
+    flat, tree, feeds, values = _prepare(graph, fetches, feed_dict)
+    return jax.tree.unflatten(tree, compile_graph(graph, flat, feeds)(*values))
+
+
+def lower(graph: Graph, fetches: Any, feed_dict: dict[Tensor, Any]) -> Any:
+    """The lowered program (a `jax.stages.Lowered`): `.as_text()` is its StableHLO,
+    `.compile()` the XLA executable, with `.cost_analysis()` and `.memory_analysis()`."""
+    flat, _, feeds, values = _prepare(graph, fetches, feed_dict)
+    return compile_graph(graph, flat, feeds).lower(*values)
+
+
+def export(graph: Graph, fetches: Any, feed_dict: dict[Tensor, Any]) -> Any:
+    """A serializable `jax.export.Exported` of the program (`.serialize()` gives bytes that
+    `jax.export.deserialize` loads and `.call`s without adplugin). It takes the fed values
+    in the order their placeholders were created and returns the fetches flattened."""
+    flat, _, feeds, values = _prepare(graph, fetches, feed_dict)
+    specs = [jax.ShapeDtypeStruct(np.shape(v), v.dtype) for v in values]
+    return jax.export.export(compile_graph(graph, flat, feeds))(*specs)
