@@ -48,7 +48,6 @@ def op(*, static_argnames: Sequence[str] = ()) -> Callable[[F], F]:
                                  f"{bad!r:.60}", "a JAX/NumPy array, a Python scalar or a graph "
                                  "tensor", "convert it with jnp.asarray or ap.constant") from None
 
-        wrapper.raw = fn  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return decorate
