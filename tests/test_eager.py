@@ -232,3 +232,23 @@ def test_eager_tensors_index_and_iterate() -> None:
     assert [float(r) for r in y] == [0.0, 1.0, 4.0]
     close(z, 6.0)
     close(tape.gradient(z, w), [0.0, 4.0, 4.0])
+
+
+def test_tapes_in_two_threads_record_separately() -> None:
+    import threading
+
+    results: dict[str, Any] = {}
+
+    def train(name: str, scale: float) -> None:
+        w = ap.Variable(np.ones(4, np.float32) * scale)
+        with ap.GradientTape() as tape:
+            y = ap.sum(ap.square(w))
+        results[name] = tape.gradient(y, w)
+
+    threads = [threading.Thread(target=train, args=(f"t{k}", k + 1.0)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    close(results["t0"], 2 * np.ones(4))
+    close(results["t1"], 4 * np.ones(4))

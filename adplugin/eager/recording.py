@@ -10,6 +10,7 @@ in tape style costs about what a hand-written `jax.jit` step costs.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -184,9 +185,11 @@ def cached_program(key: Any, build: Callable[[], Program]) -> Program:
 # The active recording
 # ----------------------------------------------------------------------------------------------
 
-class _State:
+class _State(threading.local):
+    """The recording the active tapes of this thread share, and how many tapes are active."""
+
     recording: Recording | None = None
-    depth = 0  # active tapes
+    depth = 0
 
 
 state = _State()
