@@ -1,8 +1,10 @@
-"""Static types of the operators `ir.operators.install_operators` attaches at import time."""
+"""Mixins of array-like values: operator declarations and concrete-value conversions."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 
 class OperatorMethods:
@@ -37,3 +39,36 @@ class OperatorMethods:
         def astype(self, dtype: Any) -> Any: ...
         def sum(self, axis: Any = None, keepdims: bool = False) -> Any: ...
         def mean(self, axis: Any = None, keepdims: bool = False) -> Any: ...
+
+
+class ConcreteValueMethods:
+    """NumPy conversions of a value that has (or computes on demand) a concrete array."""
+
+    __slots__ = ()
+
+    def _concrete_value(self) -> Any:
+        raise NotImplementedError
+
+    def numpy(self) -> np.ndarray:
+        return np.asarray(self._concrete_value())
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self._concrete_value(), dtype=dtype)
+
+    def __float__(self) -> float:
+        return float(self._concrete_value())
+
+    def __int__(self) -> int:
+        return int(self._concrete_value())
+
+    def __bool__(self) -> bool:
+        return bool(self._concrete_value())
+
+    def __len__(self) -> int:
+        shape = self.shape  # type: ignore[attr-defined]
+        if not shape:
+            raise TypeError("len() of a 0-d array")
+        return int(shape[0])
+
+    def __format__(self, spec: str) -> str:
+        return format(np.asarray(self._concrete_value()), spec) if spec else repr(self)

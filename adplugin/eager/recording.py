@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from adplugin._errors import DerivativeError, message
-from adplugin._operator_types import OperatorMethods
+from adplugin._operator_types import ConcreteValueMethods, OperatorMethods
 from adplugin._primitive import Primitive, intercepted, register_symbolic_type
 from adplugin.eager.variable import Variable, jax_read_guards
 from adplugin.ir.graph import CONSTANT, PLACEHOLDER, Graph, Node, Tensor, needed_nodes
@@ -199,7 +199,7 @@ def active_recording() -> Recording | None:
     return state.recording if state.depth else None
 
 
-class EagerTensor(OperatorMethods):
+class EagerTensor(OperatorMethods, ConcreteValueMethods):
     """The result of an op recorded on a gradient tape; its value is computed on demand.
 
     Behaves like an array: `ap.*` ops, Python operators, `jnp` functions (`__jax_array__`),
@@ -242,30 +242,12 @@ class EagerTensor(OperatorMethods):
     def _set_value(self, value: Any) -> None:
         self._value = value
 
-    def numpy(self) -> np.ndarray:
-        return np.asarray(self.materialized)
+    def _concrete_value(self) -> jax.Array:
+        return self.materialized
 
     def __jax_array__(self) -> jax.Array:
         _refuse_silent_jax_read(self)
         return self.materialized
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        return np.asarray(self.materialized, dtype=dtype)
-
-    def __float__(self) -> float:
-        return float(self.materialized)
-
-    def __int__(self) -> int:
-        return int(self.materialized)
-
-    def __bool__(self) -> bool:
-        return bool(self.materialized)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __format__(self, spec: str) -> str:
-        return format(np.asarray(self.materialized), spec) if spec else repr(self)
 
     def __repr__(self) -> str:
         return f"EagerTensor({np.asarray(self.materialized)!r})"

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from adplugin._errors import message, shape_error
-from adplugin._operator_types import OperatorMethods
+from adplugin._operator_types import ConcreteValueMethods, OperatorMethods
 
 
-class Variable(OperatorMethods):
+class Variable(OperatorMethods, ConcreteValueMethods):
     """A named, mutable array (TensorFlow's `tf.Variable`).
 
     Reading it inside a `GradientTape` records the read (and the tape watches it when it is
@@ -44,8 +44,6 @@ class Variable(OperatorMethods):
     def read_value(self) -> jax.Array:
         return self._value
 
-    def numpy(self) -> np.ndarray:
-        return np.asarray(self._value)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -86,24 +84,12 @@ class Variable(OperatorMethods):
 
     # --- array protocol -------------------------------------------------------------------------
 
+    def _concrete_value(self) -> jax.Array:
+        return self._value
+
     def __jax_array__(self) -> jax.Array:
         _check_jax_read(self)
         return self._value
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        return np.asarray(self._value, dtype=dtype)
-
-    def __float__(self) -> float:
-        return float(self._value)
-
-    def __int__(self) -> int:
-        return int(self._value)
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __len__(self) -> int:
-        return len(self._value)
 
     def __repr__(self) -> str:
         return f"<ap.Variable {self.name!r} shape={self.shape} dtype={self.dtype.name}, " \
