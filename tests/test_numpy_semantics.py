@@ -298,3 +298,59 @@ def test_sharded_jit_over_host_devices_agrees_with_unsharded() -> None:
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     text = step.lower(p, xs).as_text()
     assert "custom_call" not in text and "stablehlo.dot_general" in text
+
+
+REDUCTIONS = {
+    "sum": (ap.sum, jnp.sum),
+    "mean": (ap.mean, jnp.mean),
+    "max": (ap.max, jnp.max),
+    "logsumexp": (ap.logsumexp, jax.nn.logsumexp),
+}
+
+
+@st.composite
+def reduction_case(draw: Any) -> tuple[Any, Any, bool]:
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4))
+    axes = draw(st.lists(st.integers(-len(shape), len(shape) - 1), max_size=len(shape),
+                         unique_by=lambda a: a % len(shape)))
+    axis = draw(st.sampled_from([None, tuple(axes)] + ([axes[0]] if axes else [])))
+    dtype = draw(st.sampled_from([np.float32, np.int32, np.bool_, np.float16]))
+    return draw(arrays(dtype, shape)), axis, draw(st.booleans())
+
+
+@pytest.mark.parametrize("name", sorted(REDUCTIONS))
+@SETTINGS
+@given(case=reduction_case())
+def test_reductions_match_jax_numpy_with_gradients(name: str, case: Any) -> None:
+    ours, theirs = REDUCTIONS[name]
+    x, axis, keepdims = case
+    if name == "logsumexp" and np.asarray(x).dtype == np.bool_:
+        x = np.asarray(x, np.float32)
+    assert_same(ours(x, axis=axis, keepdims=keepdims), theirs(x, axis=axis, keepdims=keepdims),
+                rtol=1e-5)
+    if np.asarray(x).dtype == np.float32:
+        got = jax.grad(lambda v: jnp.sum(ours(v, axis=axis, keepdims=keepdims)))(x)
+        want = jax.grad(lambda v: jnp.sum(theirs(v, axis=axis, keepdims=keepdims)))(x)
+        assert_same(got, want, rtol=1e-5)
+
+
+@st.composite
+def matmul_shapes(draw: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Operand shapes NumPy's matmul accepts: 1-D or matrices with broadcast batch dims."""
+    n, k, m = (draw(st.integers(1, 4)) for _ in range(3))
+    batch = draw(hnp.mutually_broadcastable_shapes(num_shapes=2, max_dims=2, max_side=3))
+    a = (k,) if draw(st.booleans()) else (*batch.input_shapes[0], n, k)
+    b = (k,) if draw(st.booleans()) else (*batch.input_shapes[1], k, m)
+    return a, b
+
+
+@SETTINGS
+@given(shapes=matmul_shapes(), data=st.data())
+def test_matmul_broadcasting_matches_jax_numpy(shapes: Any, data: Any) -> None:
+    a = data.draw(arrays(np.float32, shapes[0]))
+    b = data.draw(arrays(np.float32, shapes[1]))
+    assert_same(ap.matmul(a, b), jnp.matmul(a, b), rtol=1e-5)
+    got = jax.grad(lambda u, v: jnp.sum(ap.matmul(u, v)), (0, 1))(a, b)
+    want = jax.grad(lambda u, v: jnp.sum(jnp.matmul(u, v)), (0, 1))(a, b)
+    for g, w in zip(got, want):
+        assert_same(g, w, rtol=1e-5)
