@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _benchmark_runner import run_quick
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "tape_training.py"
 DATA = ROOT.parent / "shared" / "data" / "movielens" / "course-small"
 
 pytestmark = pytest.mark.skipif(not (DATA / "small_movies_Y.csv").exists(),
@@ -19,11 +16,7 @@ pytestmark = pytest.mark.skipif(not (DATA / "small_movies_Y.csv").exists(),
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "tape_training.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    return run_quick("tape_training.py", tmp_path_factory.mktemp("bench"), timeout=600)
 
 
 def test_json_keys(report):

@@ -24,7 +24,7 @@ from adplugin._primitive import Primitive, intercepted, register_symbolic_type
 from adplugin.eager.variable import Variable, jax_read_guards
 from adplugin.ir.graph import CONSTANT, PLACEHOLDER, Graph, Node, Tensor, needed_nodes
 from adplugin.ir.operators import install_operators
-from adplugin.lowering.run import evaluate
+from adplugin.lowering.run import evaluate, simplified_program
 
 
 class Recording:
@@ -119,18 +119,8 @@ class Program:
         return out
 
     def _compile(self, values: Sequence[Any]) -> Callable[..., Any]:
-        from adplugin.transforms.simplify import simplify
-
-        small, mapping = simplify(self._graph, self._fetches,
-                                  cut={t.node.id for t in self._leaves}, nodes=self._nodes)
-        inputs = [mapping.get(t.node.id) for t in self._leaves]
-        outputs = [mapping[t.node.id] for t in self._fetches]
-
-        def run(*vals: Any) -> list[Any]:
-            env = {t.node.id: v for t, v in zip(inputs, vals) if t is not None}
-            return evaluate(small.nodes, outputs, env)
-
-        return jax.jit(run).lower(*values).compile()
+        program = simplified_program(self._graph, self._fetches, self._leaves, self._nodes)
+        return jax.jit(program).lower(*values).compile()
 
     def __call__(self, values: Sequence[Any]) -> list[Any]:
         self.uses += 1

@@ -7,7 +7,7 @@ graph is append-only, so that set always names the same computation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -15,7 +15,7 @@ import jax.export
 import numpy as np
 
 from adplugin._errors import message
-from adplugin.ir.graph import CONSTANT, PLACEHOLDER, GraphError, Node, Tensor, needed_nodes
+from adplugin.ir.graph import CONSTANT, PLACEHOLDER, GraphError, Node, Tensor
 
 if TYPE_CHECKING:
     from adplugin.ir.graph import Graph
@@ -70,17 +70,13 @@ def _check_feed(graph: Graph, t: Any, value: Any) -> Any:
     return array
 
 
-def compile_graph(graph: Graph, fetches: Sequence[Tensor], feeds: Sequence[Tensor]
-                  ) -> Any:
-    """A jitted function of the feeds' values returning the fetches' values."""
+def simplified_program(graph: Graph, fetches: Sequence[Tensor], feeds: Sequence[Tensor],
+                       nodes: Sequence[Node] | None = None) -> Callable[..., list[Any]]:
+    """A function of the feeds' values computing the fetches over the simplified graph
+    (`nodes`: the ones the fetches need, when the caller has them already)."""
     from adplugin.transforms.simplify import simplify
 
-    key = (tuple(t.node.id for t in fetches), tuple(t.node.id for t in feeds))
-    hit = graph._compiled.get(key)
-    if hit is not None:
-        return hit
     fed = {t.node.id for t in feeds}
-    nodes = needed_nodes(graph, fetches, fed)
     small, mapping = simplify(graph, fetches, cut=fed, nodes=nodes)
     outs = [mapping[t.node.id] for t in fetches]
     ins = [mapping.get(t.node.id) for t in feeds]
@@ -90,9 +86,16 @@ def compile_graph(graph: Graph, fetches: Sequence[Tensor], feeds: Sequence[Tenso
         env = {t.node.id: v for t, v in zip(ins, values) if t is not None}
         return evaluate(small_nodes, outs, env)
 
-    compiled = jax.jit(program)
-    graph._compiled[key] = compiled
-    return compiled
+    return program
+
+
+def compile_graph(graph: Graph, fetches: Sequence[Tensor], feeds: Sequence[Tensor]) -> Any:
+    """A jitted function of the feeds' values returning the fetches' values (cached)."""
+    key = (tuple(t.node.id for t in fetches), tuple(t.node.id for t in feeds))
+    hit = graph._compiled.get(key)
+    if hit is None:
+        hit = graph._compiled[key] = jax.jit(simplified_program(graph, fetches, feeds))
+    return hit
 
 
 def _prepare(graph: Graph, fetches: Any, feed_dict: dict[Tensor, Any]

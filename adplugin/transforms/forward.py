@@ -7,7 +7,7 @@ from typing import Any
 from adplugin._errors import DerivativeError, message
 from adplugin._primitive import NOT_DIFFERENTIABLE, get_primitive
 from adplugin.ir.graph import Tensor
-from adplugin.transforms.reverse import _as_list, _check_tensors, active_nodes, zeros_like
+from adplugin.transforms.reverse import _as_list, _check_tensors, active_nodes, filled_like
 
 
 def forward_gradients(ys: Any, xs: Any, tangents: Any) -> list[Tensor]:
@@ -41,4 +41,4 @@ def forward_gradients(ys: Any, xs: Any, tangents: Any) -> list[Tensor]:
                     total = part if total is None else get_primitive("add").bind(total, part)
             if total is not None:
                 tan[node.id] = total
-        return [tan[y.node.id] if y.node.id in tan else zeros_like(y) for y in ys_list]
+        return [tan[y.node.id] if y.node.id in tan else filled_like(y, 0) for y in ys_list]

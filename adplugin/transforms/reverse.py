@@ -145,18 +145,13 @@ def _check_tensors(what: str, ts: Sequence[Any], graph: Graph | None) -> Graph:
     return graph
 
 
-def ones_like(t: Tensor) -> Tensor:
-    one = t.graph.constant(np.ones((), t.dtype))
+def filled_like(t: Tensor, value: float) -> Tensor:
+    """A tensor of t's graph, shape and dtype holding `value` everywhere."""
+    scalar = t.graph.constant(np.asarray(value, t.dtype))
     if not t.shape:
-        return one
-    return get_primitive("broadcast_in_dim").bind(one, shape=t.shape, broadcast_dimensions=())
-
-
-def zeros_like(t: Tensor) -> Tensor:
-    zero = t.graph.constant(np.zeros((), t.dtype))
-    if not t.shape:
-        return zero
-    return get_primitive("broadcast_in_dim").bind(zero, shape=t.shape, broadcast_dimensions=())
+        return scalar
+    return get_primitive("broadcast_in_dim").bind(scalar, shape=t.shape,
+                                                  broadcast_dimensions=())
 
 
 def gradients(ys: Any, xs: Any, grad_ys: Any = None,
@@ -190,7 +185,7 @@ def gradients(ys: Any, xs: Any, grad_ys: Any = None,
     with graph.building(), graph.derivative_nodes(), no_cyclic_gc():
         for y, gy in zip(ys_list, gys):
             if y.node.id in active:
-                seed = ones_like(y) if gy is None else graph._as_tensor(gy, "gradients")
+                seed = filled_like(y, 1) if gy is None else graph._as_tensor(gy, "gradients")
                 cts[y.node.id] = _add(cts.get(y.node.id), seed)
         last = max((y.node.id for y in ys_list), default=-1)
         first = min(x_ids)
@@ -210,7 +205,7 @@ def gradients(ys: Any, xs: Any, grad_ys: Any = None,
         for x in xs_list:
             g = cts.get(x.node.id)
             if g is None and unconnected_gradients == "zero":
-                g = zeros_like(x)
+                g = filled_like(x, 0)
             results.append(g)
     return results
 
