@@ -9,14 +9,17 @@ signatures), never by comparing version numbers.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
 import jax
 import numpy as np
 from jax import core as _public_core
-from jax._src import dispatch as _dispatch  # noqa: I001  (private: eager impl of a primitive)
+from jax._src import config as _config  # noqa: I001  (private: config snapshots, cache keys)
+from jax._src import core as _core  # private: the current trace (dispatch scopes)
+from jax._src import dispatch as _dispatch  # private: eager impl of a primitive
 from jax._src import dtypes as _dtypes  # private: weak-type-aware promotion
 from jax._src.interpreters import mlir as _mlir_private  # sharding annotations in lowering
 from jax.extend import core as jex_core
@@ -46,6 +49,56 @@ JAX_VALUE_TYPES = (jax.Array, _public_core.Tracer)
 
 def is_tracer(x: Any) -> bool:
     return isinstance(x, _public_core.Tracer)
+
+
+# ----------------------------------------------------------------------------------------------
+# Trace state and configuration (dispatch scopes, cache keys, background compiles)
+# ----------------------------------------------------------------------------------------------
+
+_trace_ctx = _core.trace_ctx
+
+
+def current_trace() -> Any:
+    """JAX's current trace (an identity: it changes when JAX starts tracing, e.g. in jit)."""
+    return _trace_ctx.trace
+
+
+def at_top_level() -> bool:
+    """Whether JAX evaluates eagerly here (no jit/grad/vmap trace is active)."""
+    return bool(_trace_ctx.is_top_level())
+
+
+_trace_context: Callable[[], Any] = getattr(_config, "trace_context", lambda: ())
+
+
+def config_key() -> Any:
+    """Everything in JAX's configuration that changes what a traced program computes
+    (x64, default device, mesh, matmul precision, ...): part of every compiled-program key."""
+    return _trace_context()
+
+
+# Thread-local context managers of JAX that are not options (meshes, default device scopes).
+_CONTEXT_STATES = [getattr(_config, name) for name in (
+    "mesh_context_manager", "abstract_mesh_context_manager", "device_context",
+    "compute_on_context_manager", "xla_metadata_context_manager") if hasattr(_config, name)]
+
+
+class ConfigSnapshot:
+    """The caller's thread-local JAX configuration, to re-enter in another thread (a background
+    compile must see the caller's `enable_x64`, `default_device` and mesh)."""
+
+    def __init__(self) -> None:
+        states = [*getattr(_config, "config_states", {}).values(), *_CONTEXT_STATES]
+        self._saved = [(s, s.get_local()) for s in states if hasattr(s, "swap_local")]
+
+    @contextmanager
+    def entered(self) -> Iterator[None]:
+        previous = [(s, s.swap_local(v)) for s, v in self._saved]
+        try:
+            yield
+        finally:
+            for s, v in reversed(previous):
+                s.set_local(v)
 
 
 def result_type(*args: Any) -> tuple[np.dtype, bool]:

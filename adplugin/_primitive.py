@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from jax import dtypes as jax_dtypes
 
+from adplugin import _context
 from adplugin import _jax_adapter as jx
 from adplugin._errors import DerivativeError, ShardingRuleError, message
 
@@ -82,21 +83,24 @@ class Primitive:
     jax_primitive: Any = field(repr=False)
 
     def bind(self, *args: Any, **params: Any) -> Any:
-        if _symbolic_types:
-            handler = None
-            for a in args:
-                h = _symbolic_handlers.get(type(a))
-                if h is not None and (handler is None or h[0] > handler[0]):
-                    handler = h
-            if handler is not None:
-                return handler[1](self, args, params)
-            if intercepted:
-                for a in args:
-                    hook = intercepted.get(id(a))
-                    if hook is not None:
-                        return hook(self, args, params)
-            if active_builders and not any(isinstance(a, jx.JAX_VALUE_TYPES) for a in args):
-                return active_builders[-1](self, args, params)  # constants inside a graph
+        """Apply the primitive where the arguments and the dispatch context say.
+
+        A symbolic argument (graph tensor, linear stand-in, tape value, variable) takes the
+        call by its type; otherwise the effective scope may (a graph being built adds a node
+        for ops on constants, a recording records ops on arrays it watches); otherwise JAX.
+        """
+        handler = None
+        for a in args:
+            h = _handlers.get(type(a))
+            if h is not None and (handler is None or h[0] > handler[0]):
+                handler = h
+        if handler is not None:
+            return handler[1](self, args, params)
+        scope = _context.effective()
+        if scope is not None:
+            taker = scope_taker(scope, args)
+            if taker is not None:
+                return taker(self, args, params)
         return self.jax_primitive.bind(*args, **params)
 
     @property
@@ -108,19 +112,12 @@ class Primitive:
 
 
 _registry: dict[str, Primitive] = {}
-_symbolic_types: set[type] = set()
 SymbolicBind = Callable[[Primitive, Sequence[Any], dict[str, Any]], Any]
-_symbolic_handlers: dict[type, tuple[int, SymbolicBind]] = {}
-
-
-# Builders of graphs being built (innermost last): inside one, an op whose arguments are all
-# constants (NumPy arrays, Python scalars) adds a node too, as in TensorFlow's graph mode.
-active_builders: list[SymbolicBind] = []
-
-
-# Objects (by id) whose ops are recorded though they are plain arrays: arrays a gradient tape
-# watches. Empty unless a tape watches an array.
-intercepted: dict[int, SymbolicBind] = {}
+# Filled once at import by the modules defining symbolic types (a static table, like JAX's
+# rule tables): type -> (priority, bind). Nothing on the dispatch path mutates it.
+_handlers: dict[type, tuple[int, SymbolicBind]] = {}
+# Decides, for a scope and arguments without symbolic ones, who takes the op (None: JAX).
+_scope_takers: list[Callable[[Any, Sequence[Any]], SymbolicBind | None]] = []
 
 
 def register_symbolic_type(cls: type, bind: SymbolicBind, priority: int = 0) -> None:
@@ -129,12 +126,25 @@ def register_symbolic_type(cls: type, bind: SymbolicBind, priority: int = 0) -> 
     Graph tensors add a graph node this way; when arguments of several symbolic types meet,
     the handler of highest priority takes the call.
     """
-    _symbolic_types.add(cls)
-    _symbolic_handlers[cls] = (priority, bind)
+    _handlers[cls] = (priority, bind)
+
+
+def register_scope_taker(taker: Callable[[Any, Sequence[Any]], SymbolicBind | None]) -> None:
+    """Add a rule deciding whether a scope takes an op on plain arguments (at import time)."""
+    _scope_takers.append(taker)
+
+
+def scope_taker(scope: Any, args: Sequence[Any]) -> SymbolicBind | None:
+    """Who takes an op on plain (non-symbolic) arguments in `scope`, or None for JAX."""
+    for rule in _scope_takers:
+        taker = rule(scope, args)
+        if taker is not None:
+            return taker
+    return None
 
 
 def is_symbolic(x: Any) -> bool:
-    return type(x) in _symbolic_types
+    return type(x) in _handlers
 
 
 def list_primitives() -> list[str]:

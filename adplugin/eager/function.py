@@ -1,93 +1,213 @@
-"""`ap.function`: trace a Python function once per input signature into a graph, compile, reuse."""
+"""`ap.function`: compile a whole Python step (tapes, gradients, optimizer updates, variable
+assignments) into one XLA program, traced once per input signature.
+
+The function is made pure and handed to `jax.jit`: every piece of mutable state it touches
+(variables, optimizer slots: `Cell`s) becomes an input of the compiled program, and every one
+it writes becomes an output, stored back after each call. Which cells a function touches is
+found by tracing it: a trace that meets a cell it was not given stops, and the function is
+traced again with that cell as an input (TensorFlow's tf.function captures variables the same
+way). So every call reads the current values and applies its updates.
+"""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from adplugin.eager.recording import EagerTensor, active_recording, variable_readers
-from adplugin.eager.variable import Variable
-from adplugin.ir.graph import Graph, Tensor
-from adplugin.lowering.run import compile_graph
+from adplugin import _context
+from adplugin import _jax_adapter as jx
+from adplugin._errors import message
+from adplugin._lru import LRU
+from adplugin.eager.recording import EagerTensor
+from adplugin.eager.variable import Cell, Variable
+
+
+_DYNAMIC = object()  # marks, among arguments and results, the places of traced arrays
 
 
 def _is_array(x: Any) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray, np.generic, Variable, EagerTensor))
+    return isinstance(x, (jax.Array, np.ndarray, np.generic, EagerTensor)) or jx.is_tracer(x)
+
+
+class _Retrace(Exception):
+    """A trace met cells it was not given: trace again with them as inputs."""
+
+    def __init__(self, cells: list[Cell]):
+        super().__init__(f"{len(cells)} more cells")
+        self.cells = cells
+
+
+class Frame:
+    """The values of cells inside one trace of a function (the scope's `frame`)."""
+
+    def __init__(self, cells: list[Cell], values: list[Any]):
+        self.values: dict[Cell, Any] = dict(zip(cells, values))
+        self.written: dict[Cell, None] = {}
+        self.discovered: dict[Cell, None] = {}
+
+    def read(self, cell: Cell) -> Any:
+        if cell in self.values:
+            return self.values[cell]
+        self.discovered[cell] = None  # go on with its current value; traced again after
+        return cell._stored
+
+    def write(self, cell: Cell, value: Any) -> None:
+        if cell not in self.values:
+            self.discovered[cell] = None
+        old = self.values.get(cell, cell._stored)
+        value = jax.tree.map(lambda n, o: jnp.asarray(n, dtype=o.dtype), value, old)
+        self.values[cell] = value
+        self.written[cell] = None
+
+
+class _Trace:
+    """One input signature's compiled program and the cells it takes."""
+
+    def __init__(self, fn: Callable[..., Any], tree: Any, statics: list[Any],
+                 known: list[weakref.ref[Cell]]):
+        # statics: the static arguments, with _DYNAMIC where the traced arrays go; known: the
+        # cells other signatures' traces met (likely these too: saves a retrace)
+        self.fn, self.tree, self.statics = fn, tree, statics
+        self.cells: list[weakref.ref[Cell]] = [r for r in known if r() is not None]
+        self.written: list[int] = []  # positions (in cells) of the cells the program writes
+        self.out_tree: Any = None
+        self.out_statics: list[Any] = []
+        self._jitted = self._make_jitted()
+
+    def _make_jitted(self) -> Any:
+        return jax.jit(self._pure)
+
+    def _pure(self, cell_values: list[Any], dynamic: list[Any]) -> Any:
+        cells = self._live_cells()
+        frame = Frame(cells, cell_values)
+        args = _merge(self.statics, dynamic)
+        with _context.scoped(frame, frame=frame, graph=None, recording=None, paused=False):
+            out = self.fn(*jax.tree.unflatten(self.tree, args))
+        flat, self.out_tree = jax.tree.flatten(out, is_leaf=_is_output_leaf)
+        if frame.discovered:
+            raise _Retrace(list(frame.discovered))
+        position = {c: i for i, c in enumerate(cells)}
+        self.written = [position[c] for c in frame.written]
+        outs = [_output_value(x) for x in flat]
+        self.out_statics = [_DYNAMIC if _is_dynamic_out(x) else x for x in outs]
+        return ([x for x in outs if _is_dynamic_out(x)],
+                [frame.values[cells[i]] for i in self.written])
+
+    def _live_cells(self) -> list[Cell]:
+        cells = [r() for r in self.cells]
+        if any(c is None for c in cells):
+            raise RuntimeError(message(
+                "ap.function", "a variable the compiled function uses was deleted",
+                "a dead variable", "the variables alive while the function is used",
+                "keep the variables referenced, or make a new ap.function"))
+        return cells  # type: ignore[return-value]
+
+    def __call__(self, dynamic: list[Any]) -> Any:
+        while True:
+            cells = self._live_cells()
+            try:
+                outs, written = self._jitted([c._stored for c in cells], dynamic)
+                break
+            except _Retrace as more:
+                known = set(cells)
+                self.cells += [weakref.ref(c) for c in more.cells if c not in known]
+                self._jitted = self._make_jitted()
+        for i, value in zip(self.written, written):
+            cells[i]._write(value)
+        it = iter(outs)
+        return jax.tree.unflatten(self.out_tree, [next(it) if s is _DYNAMIC else s
+                                                  for s in self.out_statics])
 
 
 class Function:
-    """A Python function of `ap.*` ops, traced into a graph per input signature.
+    """A Python function of `ap.*` ops (tapes, optimizers and assignments included), compiled
+    per input signature: the arguments' structure with each array's shape and dtype (other
+    arguments by value). Inside an active gradient tape it runs op by op instead, so the tape
+    records it; inside a JAX transformation it is inlined."""
 
-    The signature is the arguments' structure with each array's shape and dtype (other
-    arguments by value). Variables the function reads are fed their current value at every
-    call, so assignments between calls are seen. Inside an active gradient tape the function
-    runs op by op instead, so the tape records it.
-    """
-
-    def __init__(self, fn: Callable[..., Any]):
+    def __init__(self, fn: Callable[..., Any], max_traces: int = 64):
         self.fn = fn
-        self._traces: dict[Any, tuple[Graph, list[Tensor], list[Variable], Any, Any]] = {}
+        self._traces: LRU[_Trace] = LRU(max_traces)
+        self._known: dict[Any, weakref.ref[Cell]] = {}  # id-free: keyed by the weakref itself
         functools.update_wrapper(self, fn)
 
-    def _signature(self, flat: list[Any], tree: Any) -> Any:
-        return (tree, tuple((np.shape(x), np.dtype(x.dtype)) if _is_array(x) else ("static", x)
-                            for x in flat))
-
-    def _trace(self, flat: list[Any], tree: Any) -> Any:
-        graph = Graph(getattr(self.fn, "__name__", "function"))
-        holders = [graph.placeholder(np.shape(x), x.dtype, name=f"arg{i}") if _is_array(x)
-                   else x for i, x in enumerate(flat)]
-        variables: list[Variable] = []
-        with graph, _VariableReads(graph, variables) as reads:
-            out = self.fn(*jax.tree.unflatten(tree, holders))
-        outs, out_tree = jax.tree.flatten(out, is_leaf=lambda v: isinstance(v, Tensor))
-        feeds = [h for h in holders if isinstance(h, Tensor)] + [
-            reads.leaves[id(v)] for v in variables]
-        return graph, feeds, variables, outs, out_tree
-
     def __call__(self, *args: Any) -> Any:
-        flat, tree = jax.tree.flatten(args, is_leaf=_is_array)
-        if active_recording() is not None:
+        scope = _context.effective()
+        if scope is not None and (scope.recording is not None or scope.graph is not None):
             return self.fn(*args)
-        key = self._signature(flat, tree)
-        entry = self._traces.get(key)
-        if entry is None:
-            entry = self._traces[key] = self._trace(flat, tree)
-        graph, feeds, variables, outs, out_tree = entry
-        values = [x.value if isinstance(x, Variable) else
-                  x.materialized if isinstance(x, EagerTensor) else x
-                  for x in flat if _is_array(x)] + [v.value for v in variables]
-        tensors = [o for o in outs if isinstance(o, Tensor)]
-        results = iter(compile_graph(graph, tensors, feeds)(*values))
-        return jax.tree.unflatten(out_tree, [next(results) if isinstance(o, Tensor) else o
-                                             for o in outs])
+        if not jx.at_top_level():
+            return self.fn(*args)
+        flat, tree = jax.tree.flatten(args, is_leaf=_is_output_leaf)
+        dynamic = [_input_value(x) for x in flat if _is_array_like(x)]
+        statics = [_DYNAMIC if _is_array_like(x) else x for x in flat]
+        key = self._signature(tree, flat, dynamic)
+        trace = self._traces.get_or_build(
+            key, lambda: _Trace(self.fn, tree, statics, list(self._known.values())))
+        try:
+            return trace(dynamic)
+        finally:
+            for ref in trace.cells:
+                self._known.setdefault(ref, ref)
+
+    def _signature(self, tree: Any, flat: list[Any], dynamic: list[Any]) -> Hashable:
+        parts: list[Any] = []
+        for x in flat:
+            if _is_array_like(x):
+                continue
+            try:
+                hash(x)
+            except TypeError:
+                raise TypeError(message(
+                    "ap.function", "an argument is neither an array nor hashable",
+                    f"{type(x).__name__} {x!r:.60}", "arrays (traced) or hashable Python "
+                    "values (static: one trace per value)", "pass it as an array, or close "
+                    "over it")) from None
+            parts.append((type(x), x))
+        types = tuple((np.shape(v), np.dtype(v.dtype), jx.is_weakly_typed(v)) for v in dynamic)
+        return (tree, tuple(parts), types, jx.config_key())
 
 
-class _VariableReads:
-    """While tracing, reads of variables become placeholders fed at each call."""
-
-    def __init__(self, graph: Graph, variables: list[Variable]):
-        self.graph, self.variables = graph, variables
-        self.leaves: dict[int, Tensor] = {}
-
-    def __enter__(self) -> _VariableReads:
-        variable_readers.append(self.read)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        variable_readers.pop()
-
-    def read(self, v: Variable) -> Tensor:
-        if id(v) not in self.leaves:
-            self.leaves[id(v)] = self.graph.placeholder(v.shape, v.dtype, name=v.name)
-            self.variables.append(v)
-        return self.leaves[id(v)]
+def _is_array_like(x: Any) -> bool:
+    """Traced arguments; variables are not: they pass as themselves (cells the program reads
+    and writes), keyed by identity."""
+    return _is_array(x)
 
 
-def function(fn: Callable[..., Any]) -> Function:
-    """Decorator: trace `fn` once per input signature into a graph, compile, and reuse."""
-    return Function(fn)
+def _input_value(x: Any) -> Any:
+    if isinstance(x, EagerTensor):
+        return x.materialized
+    return x
+
+
+def _is_output_leaf(x: Any) -> bool:
+    return _is_array(x) or isinstance(x, Variable)
+
+
+def _output_value(x: Any) -> Any:
+    if isinstance(x, Variable):
+        return x.value
+    if isinstance(x, EagerTensor):
+        return x.materialized
+    return x
+
+
+def _is_dynamic_out(x: Any) -> bool:
+    return jx.is_tracer(x) or isinstance(x, jax.Array)
+
+
+def _merge(statics: list[Any], dynamic: list[Any]) -> list[Any]:
+    it = iter(dynamic)
+    return [next(it) if s is _DYNAMIC else s for s in statics]
+
+
+def function(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
+    """Decorator: compile `fn` (a whole train step if need be) once per input signature."""
+    if fn is None:
+        return lambda f: Function(f, **options)
+    return Function(fn, **options)

@@ -1,289 +1,367 @@
 """What gradient tapes record: an adplugin graph whose leaves hold concrete values.
 
-Inside a tape, `ap.*` ops on variables, watched arrays and their results are not executed:
-they add nodes to the recording's graph and return `EagerTensor`s, values computed on demand.
-A computation's structure (its ops, params, and its leaves' shapes and dtypes) keys a cache of
-programs: the first time a structure is seen its program is interpreted op by op (no compile
-latency), from the second time on it runs as one compiled XLA executable. So a training loop
-in tape style costs about what a hand-written `jax.jit` step costs.
+Inside a tape, `ap.*` ops on watched values (variables, watched arrays and constants, and
+results of recorded ops) are not executed: they add nodes to the recording's graph and return
+`EagerTensor`s, values computed on demand. Every entry recorded extends an interned structure
+prefix (`structure.Prefix`), so the key of everything recorded so far costs O(1): programs
+computing values and gradients are cached by it, interpreted op by op the first time a
+structure is seen and compiled into one XLA executable from then on (`program.Program`).
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from adplugin import _context
+from adplugin import _jax_adapter as jx
 from adplugin._errors import DerivativeError, message
 from adplugin._operator_types import ConcreteValueMethods, OperatorMethods
-from adplugin._primitive import Primitive, intercepted, register_symbolic_type
+from adplugin._primitive import Primitive, register_scope_taker, register_symbolic_type
+from adplugin.eager import structure
+from adplugin.eager.program import INTERPRET_LIMIT, Program, cached_program
 from adplugin.eager.variable import Variable, jax_read_guards
-from adplugin.ir.graph import CONSTANT, PLACEHOLDER, Graph, Node, Tensor, needed_nodes
+from adplugin.ir.graph import CONSTANT, PLACEHOLDER, Graph, Tensor
 from adplugin.ir.operators import install_operators
-from adplugin.lowering.run import evaluate, simplified_program
+from adplugin.lowering.run import evaluate
 
 
 class Recording:
-    """One graph shared by the active (nested) tapes, with the values of its leaves."""
+    """One graph shared by the active (nested) tapes, with the values of its leaves.
+
+    Leaves stand for values that come from outside: each version of a variable read, each
+    watched array or constant (tracked by identity and kept alive here, so an `id()` cannot be
+    reused while it keys anything), and other arrays ops were given.
+    """
 
     def __init__(self) -> None:
         self.graph = Graph("tape")
-        self.leaf_values: list[Any] = []
         self.leaves: list[Tensor] = []
-        self._leaf_of: dict[int, Tensor] = {}  # id(variable or array) -> its leaf
-        self._keepalive: list[Any] = []  # objects whose ids key _leaf_of
-        self.paused = 0
+        self.values: dict[int, Any] = {}  # node id -> concrete value (leaves, materialized)
+        self._leaf_of: dict[int, tuple[Any, int, Tensor]] = {}  # id(obj) -> (obj, version, leaf)
+        self.variable_leaves: dict[Variable, list[Tensor]] = {}  # every version read
+        self.active_tapes: list[Any] = []  # tapes recording now, outermost first
+        self.tapes: list[Any] = []  # tapes that ever joined (their ordinal is the index)
+        self.prefix = structure.ROOT  # the interned structure of everything recorded
+        self.prefix_at: dict[int, structure.Prefix] = {}  # node id -> prefix right after it
+        self.sidx: dict[int, int] = {}  # node id -> its position in the structure
+        self._registered_upto = 0  # nodes below this index are registered (or skipped)
+        self.lock = threading.RLock()
+
+    # --- structure ------------------------------------------------------------------------------
+
+    def event(self, *entry: Any) -> None:
+        """Add a tape event (enter, exit, watch, reset) to the structure."""
+        self.prefix = self.prefix.extend(entry)
+
+    def register_new_nodes(self) -> None:
+        """Extend the structure with the nodes added since the last call."""
+        nodes = self.graph.nodes
+        for node in nodes[self._registered_upto:]:
+            self.sidx[node.id] = len(self.sidx)
+            self.prefix = self.prefix.extend(self._entry(node))
+            self.prefix_at[node.id] = self.prefix
+        self._registered_upto = len(nodes)
+
+    def skip_new_nodes(self) -> None:
+        """Leave the nodes added since the last registration out of the structure (nodes of a
+        compiled gradient: never exposed, so later entries never refer to them)."""
+        self._registered_upto = len(self.graph.nodes)
+
+    def _entry(self, node: Any) -> Any:
+        out = node.output
+        if node.op == PLACEHOLDER:
+            return ("leaf", out.shape, out.dtype.str, out.weak_type)
+        if node.op == CONSTANT:
+            return structure.constant_entry(node.value, out.weak_type)
+        try:
+            params = structure.freeze(node.params)
+        except TypeError:
+            params = structure.Unkeyable()
+        return (node.op, tuple(self.sidx[i.node.id] for i in node.inputs), params)
+
+    # --- leaves ---------------------------------------------------------------------------------
+
+    def _new_leaf(self, value: Any, name: str) -> Tensor:
+        t = self.graph.placeholder(np.shape(value), value.dtype, name=name)
+        self.leaves.append(t)
+        self.values[t.node.id] = value
+        self.register_new_nodes()
+        return t
 
     def leaf(self, obj: Any) -> Tensor:
-        """The leaf standing for a variable's current value or for an array (one per object)."""
+        """The leaf standing for an array, constant or eager tensor (one per object)."""
         hit = self._leaf_of.get(id(obj))
         if hit is not None:
-            return hit
-        value = obj.value if isinstance(obj, Variable) else obj
-        if isinstance(value, EagerTensor):
-            value = value.materialized
-        value = value if isinstance(value, jax.Array) else np.asarray(value)
-        t = self.graph.placeholder(value.shape, value.dtype,
-                                   name=obj.name if isinstance(obj, Variable) else "arg")
-        self._leaf_of[id(obj)] = t
-        self._keepalive.append(obj)
-        self.leaves.append(t)
-        self.leaf_values.append(value)
+            return hit[2]
+        value = obj.materialized if type(obj) is EagerTensor else obj
+        value = value if isinstance(value, jax.Array) or jx.is_tracer(value) else np.asarray(value)
+        t = self._new_leaf(value, "arg")
+        self._leaf_of[id(obj)] = (obj, 0, t)
         return t
 
     def leaf_if_seen(self, obj: Any) -> Tensor | None:
-        return self._leaf_of.get(id(obj))
+        hit = self._leaf_of.get(id(obj))
+        return None if hit is None else hit[2]
+
+    def tracks(self, obj: Any) -> bool:
+        """Whether `obj` (an array or eager constant, by identity) is a leaf here."""
+        hit = self._leaf_of.get(id(obj))
+        return hit is not None and hit[0] is obj
+
+    def variable_leaf(self, v: Variable) -> Tensor:
+        """The leaf for the current version of `v` (a new one after each assignment)."""
+        hit = self._leaf_of.get(id(v))
+        if hit is not None and hit[1] == v._version:
+            t = hit[2]
+        else:
+            t = self._new_leaf(v.value, v.name)
+            self._leaf_of[id(v)] = (v, v._version, t)
+            self.variable_leaves.setdefault(v, []).append(t)
+        for tape in self.active_tapes:
+            tape._on_variable_read(v, t)
+        return t
+
+    def watches_variable(self, v: Variable) -> bool:
+        return any(tape._watches_variable(v) for tape in self.active_tapes)
+
+    def leaves_before(self, node_id: int) -> list[Tensor]:
+        """The leaves created before node `node_id` (a program's inputs, in order)."""
+        ids = [t.node.id for t in self.leaves]
+        return self.leaves[:bisect.bisect_left(ids, node_id)]
+
+    # --- recording ------------------------------------------------------------------------------
 
     def to_graph(self, x: Any) -> Any:
         if type(x) is EagerTensor:
             return x.node if x.recording is self else self.leaf(x)
-        if isinstance(x, (Variable, jax.Array, np.ndarray)):
+        if isinstance(x, Variable):
+            return self.variable_leaf(x)
+        if isinstance(x, (jax.Array, np.ndarray)) or jx.is_tracer(x):
             return self.leaf(x)
         return x  # Python scalars and NumPy scalars become constants of the graph
 
     def record(self, prim: Primitive, args: Sequence[Any], params: dict[str, Any]) -> EagerTensor:
-        out = self.graph.apply(prim, [self.to_graph(a) for a in args], params)
-        return EagerTensor(self, out)
+        with self.lock:
+            inputs = [self.to_graph(a) for a in args]
+            out = self.graph.apply(prim, inputs, params)
+            self.register_new_nodes()
+            return EagerTensor(self, out)
 
-    def structure(self, upto: int) -> tuple[Any, ...]:
-        """A hashable key for the first `upto` nodes: ops, params, leaf and constant types."""
-        key: list[Any] = []
-        for node in self.graph.nodes[:upto]:
-            if node.op == PLACEHOLDER:
-                key.append((node.output.shape, node.output.dtype))
-            elif node.op == CONSTANT:
-                v = node.value
-                key.append(("c", v.dtype, v.shape, v.tobytes() if v.size <= 16 else id(v)))
-            else:
-                key.append((node.op, tuple(i.node.id for i in node.inputs),
-                            tuple(node.params.items())))
-        return tuple(key)
+    def records(self, args: Sequence[Any]) -> bool:
+        """Whether an op on `args` is recorded: some argument is a recorded value, a tracked
+        array or constant, or a variable an active tape watches."""
+        for a in args:
+            if type(a) is EagerTensor:
+                if a.recording is self or self.tracks(a):
+                    return True
+            elif isinstance(a, Variable):
+                if self.watches_variable(a) or self.tracks(a):
+                    return True
+            elif self.tracks(a):
+                return True
+        return False
+
+    # --- values ---------------------------------------------------------------------------------
 
     def evaluate(self, fetches: Sequence[Tensor]) -> list[Any]:
-        """Values of recorded tensors, by a cached (and, when seen again, compiled) program."""
-        upto = max(t.node.id for t in fetches) + 1
-        key = ("values", self.structure(upto), tuple(t.node.id for t in fetches))
-        program = cached_program(key, lambda: Program(self.graph, fetches, self.leaves[:]))
-        return program(self.leaf_values[:program.n_leaves])
+        """Values of recorded tensors. A few ops past values already known are interpreted
+        (so reading a value after each op costs O(1) per op); a larger computation runs as a
+        program cached by structure (compiled when seen again)."""
+        with self.lock:
+            missing = self._missing(fetches)
+            if len(missing) <= INTERPRET_LIMIT or self._traced():
+                return evaluate(missing, fetches, self.values)
+            upto = max(t.node.id for t in fetches)
+            key = ("values", self.prefix_at[upto], tuple(self.sidx[t.node.id] for t in fetches),
+                   jx.config_key())
+            leaves = self.leaves_before(upto + 1)
+            program = cached_program(key, lambda: Program(self.graph, fetches, leaves))
+            out = program([self.values[t.node.id] for t in leaves[:program.n_feeds]])
+            for t, v in zip(fetches, out):
+                self.values[t.node.id] = v
+            return out
 
+    def _missing(self, fetches: Sequence[Tensor]) -> list[Any]:
+        """Op nodes the fetches need whose values are not known yet, in graph order."""
+        seen: set[int] = set()
+        stack = [t.node for t in fetches]
+        while stack:
+            node = stack.pop()
+            if node.id in seen or node.id in self.values:
+                continue
+            seen.add(node.id)
+            stack.extend(i.node for i in node.inputs)
+        return sorted((self.graph.nodes[i] for i in seen), key=lambda n: n.id)
 
-class Program:
-    """A function of leaf values computing fixed fetches of a recorded graph.
-
-    The first call interprets the graph node by node when its primitives' eager executables
-    (cached per primitive, params and operand types) mostly exist already: no compile
-    latency. The second call then starts compiling the simplified graph into one XLA
-    executable in the background, and once that is ready every call runs it. When many
-    executables would have to be compiled one by one, the first call compiles the whole
-    program at once instead, which then costs less.
-    """
-
-    def __init__(self, graph: Graph, fetches: Sequence[Tensor], leaves: Sequence[Tensor]):
-        self.n_leaves = len(leaves)
-        self._graph, self._fetches, self._leaves = graph, list(fetches), list(leaves)
-        cut = {t.node.id for t in leaves}
-        self._nodes = needed_nodes(graph, fetches, cut)
-        self._signatures = {_signature(n) for n in self._nodes if not isinstance(n.op, str)}
-        self._compiled: Callable[..., Any] | None = None
-        self._pending: Future[Callable[..., Any]] | None = None
-        self.uses = 0
-
-    def interpret(self, *values: Any) -> list[Any]:
-        env = {t.node.id: v for t, v in zip(self._leaves, values)}
-        out = evaluate(self._nodes, self._fetches, env)
-        _warm.update(self._signatures)
-        return out
-
-    def _compile(self, values: Sequence[Any]) -> Callable[..., Any]:
-        program = simplified_program(self._graph, self._fetches, self._leaves, self._nodes)
-        return jax.jit(program).lower(*values).compile()
-
-    def __call__(self, values: Sequence[Any]) -> list[Any]:
-        self.uses += 1
-        if self._compiled is None and self._pending is not None and self._pending.done():
-            self._compiled = self._pending.result()
-        if self._compiled is not None:
-            return self._compiled(*values)
-        if self.uses == 1 and self._compile_first():
-            self._compiled = self._compile(values)
-            return self._compiled(*values)
-        if self.uses >= 2 and self._pending is None:
-            self._pending = _COMPILER.submit(self._compile, list(values))
-        return self.interpret(*values)
-
-    def _compile_first(self) -> bool:
-        """Whether compiling the whole program now beats interpreting it: interpreting
-        compiles each new (primitive, params, operand types) executable, about 30 ms each;
-        compiling the program costs about 1.5 ms per node (measured on a 2-core CPU)."""
-        cold = len(self._signatures - _warm)
-        return cold * _COMPILE_OP_S > len(self._nodes) * _COMPILE_NODE_S
-
-    def wait_compiled(self) -> None:
-        """Block until the compiled executable is in use (for benchmarks and tests)."""
-        if self._pending is not None:
-            self._compiled = self._pending.result()
-
-
-def _signature(node: Node) -> Any:
-    """What selects a primitive's eager executable: the primitive, params and operand types."""
-    return (node.op, tuple(node.params.items()),
-            tuple((i.shape, i.dtype) for i in node.inputs))
-
-
-_warm: set[Any] = set()  # signatures whose eager executables exist
-_COMPILE_OP_S = 0.03  # compiling one primitive's eager executable
-_COMPILE_NODE_S = 0.0015  # compiling one node as part of a whole program
-_COMPILER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adplugin-compile")
-_PROGRAMS: dict[Any, Program] = {}
-_MAX_PROGRAMS = 512
-
-
-def cached_program(key: Any, build: Callable[[], Program]) -> Program:
-    program = _PROGRAMS.get(key)
-    if program is None:
-        if len(_PROGRAMS) >= _MAX_PROGRAMS:
-            _PROGRAMS.pop(next(iter(_PROGRAMS)))
-        program = _PROGRAMS[key] = build()
-    return program
-
-
-# ----------------------------------------------------------------------------------------------
-# The active recording
-# ----------------------------------------------------------------------------------------------
-
-class _State(threading.local):
-    """The recording the active tapes of this thread share, and how many tapes are active."""
-
-    recording: Recording | None = None
-    depth = 0
-
-
-state = _State()
-
-
-def active_recording() -> Recording | None:
-    return state.recording if state.depth else None
+    def _traced(self) -> bool:
+        """Whether leaf values are JAX tracers (recording inside `ap.function`'s trace)."""
+        return bool(self.leaves) and jx.is_tracer(self.values[self.leaves[-1].node.id])
 
 
 class EagerTensor(OperatorMethods, ConcreteValueMethods):
-    """The result of an op recorded on a gradient tape; its value is computed on demand.
+    """A value of eager mode: the result of an op a tape recorded (computed on demand), or a
+    concrete constant (`ap.constant` outside graphs, as `tf.constant` in TensorFlow 2).
 
     Behaves like an array: `ap.*` ops, Python operators, `jnp` functions (`__jax_array__`),
-    `float()`, printing and `numpy()` all work.
+    `float()`, printing and `numpy()` all work; a tape that watches it records ops on it.
     """
 
-    __slots__ = ("recording", "node", "_value")
+    __slots__ = ("recording", "node", "_value", "__weakref__")
     __array_priority__ = 1000
 
-    def __init__(self, recording: Recording, node: Tensor):
+    def __init__(self, recording: Recording | None, node: Tensor | None, value: Any = None):
         self.recording, self.node = recording, node
-        self._value: Any = None
+        self._value: Any = value
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.node.shape
+        return self.node.shape if self.node is not None else tuple(self._value.shape)
 
     @property
     def dtype(self) -> np.dtype:
-        return self.node.dtype
+        return self.node.dtype if self.node is not None else np.dtype(self._value.dtype)
 
     @property
     def weak_type(self) -> bool:
-        return self.node.weak_type
+        if self.node is not None:
+            return self.node.weak_type
+        return jx.is_weakly_typed(self._value)
 
     @property
     def ndim(self) -> int:
-        return len(self.node.shape)
+        return len(self.shape)
 
     @property
     def size(self) -> int:
-        return self.node.size
+        return int(np.prod(self.shape))
 
     @property
-    def materialized(self) -> jax.Array:
+    def materialized(self) -> Any:
         if self._value is None:
+            assert self.recording is not None and self.node is not None
             (self._value,) = self.recording.evaluate([self.node])
         return self._value
 
-    def _set_value(self, value: Any) -> None:
-        self._value = value
-
-    def _concrete_value(self) -> jax.Array:
+    def _concrete_value(self) -> Any:
         return self.materialized
 
-    def __jax_array__(self) -> jax.Array:
+    def __jax_array__(self) -> Any:
         _refuse_silent_jax_read(self)
         return self.materialized
 
     def __repr__(self) -> str:
-        return f"EagerTensor({np.asarray(self.materialized)!r})"
+        value = self.materialized
+        if jx.is_tracer(value):
+            return f"EagerTensor(traced {self.dtype.name}{list(self.shape)})"
+        return f"EagerTensor({np.asarray(value)!r})"
 
 
-# While `ap.function` traces, a reader turns each variable read into a graph placeholder.
-variable_readers: list[Callable[[Variable], Any]] = []
+def eager_constant(value: Any, dtype: Any = None) -> EagerTensor:
+    """A concrete eager tensor (`ap.constant` / `ap.convert_to_tensor` outside graphs)."""
+    if isinstance(value, EagerTensor) and dtype is None:
+        return value
+    value = value.value if isinstance(value, Variable) else getattr(value, "materialized", value)
+    if dtype is None and isinstance(value, (bool, int, float, complex)):
+        array = jnp.asarray(value)  # weakly typed, as a Python scalar is
+    else:
+        array = jnp.asarray(value, dtype=None if dtype is None else jx.canonical_dtype(dtype))
+    return EagerTensor(None, None, array)
 
 
-def _concrete(x: Any) -> Any:
+# ----------------------------------------------------------------------------------------------
+# Dispatch: ops on variables, eager tensors and watched arrays
+# ----------------------------------------------------------------------------------------------
+
+def _recording_of(scope: Any) -> Recording | None:
+    if scope is None or scope.paused:
+        return None
+    rec: Recording | None = scope.recording
+    return rec
+
+
+def _plain(x: Any, graph: Graph | None = None) -> Any:
     if type(x) is EagerTensor:
         return x.materialized
     if isinstance(x, Variable):
-        return variable_readers[-1](x) if variable_readers else x.value
+        return graph_read(graph, x) if graph is not None else x.value
     return x
 
 
+def graph_read(graph: Graph, v: Variable) -> Tensor:
+    from adplugin.ir.variables import read_node
+
+    return read_node(graph, v)
+
+
 def _bind(prim: Primitive, args: Sequence[Any], params: dict[str, Any]) -> Any:
-    """Ops on variables and eager tensors: recorded while a tape records, else computed."""
-    rec = active_recording()
-    if rec is None:
-        owners = [a.recording for a in args if type(a) is EagerTensor]
-        rec = owners[0] if owners else None
-    if rec is None or rec.paused:
-        values = [_concrete(a) for a in args]
-        if variable_readers:  # reads became graph placeholders: add a node
-            return prim.bind(*values, **params)
-        return prim.jax_primitive.bind(*values, **params)  # watched arrays are not re-hooked
-    return rec.record(prim, args, params)
+    """Ops on variables and eager tensors: recorded when a tape watches them; read nodes in a
+    graph being built; otherwise computed now."""
+    scope = _context.effective()
+    if scope is None:
+        _refuse_reads_lost_to_jax(args)
+    elif scope.graph is not None:
+        return prim.bind(*[_plain(a, scope.graph) for a in args], **params)
+    rec = _recording_of(scope)
+    if rec is not None and rec.records(args):
+        return rec.record(prim, args, params)
+    out = prim.bind(*[_plain(a) for a in args], **params)
+    if any(type(a) is EagerTensor for a in args) and not jx.is_tracer(out):
+        return EagerTensor(None, None, out)  # a tensor in, a tensor out (TensorFlow 2)
+    return out
 
 
-# A pytree of its value, so JAX functions (jnp.sum(y), jax.jit(f)(y)) take eager tensors.
+def _recording_takes(scope: Any, args: Sequence[Any]) -> Any:
+    """Ops on plain arrays a recording tracks (watched by identity) are recorded."""
+    rec = _recording_of(scope)
+    if rec is None or not rec._leaf_of:
+        return None
+    for a in args:
+        if rec.tracks(a):
+            return lambda prim, args, params: rec.record(prim, args, params)
+    return None
+
+
+def read_variable(v: Variable) -> Any:
+    """`v.read_value()`: a recorded read, a graph read node, or the (traced) value."""
+    scope = _context.effective()
+    if scope is not None and scope.graph is not None:
+        return graph_read(scope.graph, v)
+    rec = _recording_of(scope)
+    if rec is not None and (rec.watches_variable(v) or rec.tracks(v)):
+        with rec.lock:
+            return EagerTensor(rec, rec.variable_leaf(v))
+    return v.value
+
+
+def _refuse_reads_lost_to_jax(args: Sequence[Any]) -> None:
+    for a in args:
+        if type(a) is EagerTensor or isinstance(a, Variable):
+            _refuse_silent_jax_read(a)
+
+
 def _refuse_silent_jax_read(x: Any) -> None:
-    """A JAX function reading a value the active tape differentiates would compute outside
-    the tape, and the gradient through it would silently be lost: refuse instead."""
-    rec = active_recording()
-    if rec is None or rec.paused:
+    """A JAX function reading a value an active tape differentiates would compute outside the
+    tape, and the gradient through it would silently be lost: refuse instead."""
+    scope = _context.current()
+    rec = _recording_of(scope)
+    if rec is None:
         return
-    if isinstance(x, Variable) and not x.trainable:
-        return
-    if isinstance(x, EagerTensor) and x.recording is not rec:
+    if isinstance(x, Variable):
+        if not (rec.watches_variable(x) or rec.tracks(x)):
+            return
+    elif type(x) is EagerTensor and x.recording is not rec and not rec.tracks(x):
         return
     name = x.name if isinstance(x, Variable) else "an eager tensor"
     raise DerivativeError(message(
-        "GradientTape", "a JAX function (jax.numpy, or a jax.Array's operator) read a value "
-        "the tape records, so the tape would not see that computation",
+        "GradientTape", "a JAX function (jax.numpy, jax.jit, or a jax.Array's operator) read "
+        "a value the tape records, so the tape would not see that computation",
         f"{name} read by JAX inside `with GradientTape()`", "ap.* ops on recorded values",
         "use the ap.* op (ap.multiply(a, v) rather than jnp_array * v or jnp.multiply), or "
         "read the plain value with v.value / inside tape.stop_recording() if it must not "
@@ -299,17 +377,6 @@ jax_read_guards.append(_refuse_silent_jax_read)
 jax.tree_util.register_pytree_node(EagerTensor, _flatten_eager, lambda _, kids: kids[0])
 register_symbolic_type(EagerTensor, _bind, priority=2)
 register_symbolic_type(Variable, _bind, priority=2)
+register_scope_taker(_recording_takes)
 install_operators(EagerTensor)
 install_operators(Variable)
-
-
-def watch_array(rec: Recording, array: Any) -> Tensor:
-    """Make later ops on this very array object record on `rec`."""
-    leaf = rec.leaf(array)
-    intercepted[id(array)] = _bind
-    return leaf
-
-
-def unwatch_arrays(rec: Recording) -> None:
-    for obj in rec._keepalive:
-        intercepted.pop(id(obj), None)

@@ -1,7 +1,15 @@
-"""`ap.GradientTape`: TensorFlow's eager gradient tape, over adplugin's graph derivation."""
+"""`ap.GradientTape`: TensorFlow's eager gradient tape, over adplugin's graph derivation.
+
+Nested tapes share one recording (so an inner gradient is itself recorded by the outer tape),
+but each tape has its own view of it, as in TensorFlow: what it watches (and since when), and
+the windows of time it was recording. An op counts for a tape when it was recorded inside one
+of its windows and one of its inputs was watched by it or counts for it. Gradients follow only
+the ops that count, so a tape never differentiates what it did not see.
+"""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -10,20 +18,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adplugin import _context
+from adplugin import _jax_adapter as jx
 from adplugin._errors import DerivativeError, message
-from adplugin.eager.recording import (
-    EagerTensor,
-    Program,
-    Recording,
-    active_recording,
-    cached_program,
-    state,
-    unwatch_arrays,
-    watch_array,
-)
+from adplugin.eager.program import Program, cached_program
+from adplugin.eager.recording import EagerTensor, Recording
 from adplugin.eager.variable import Variable
 from adplugin.ir.graph import Tensor
 from adplugin.transforms.reverse import gradients as graph_gradients
+
+
+class UnconnectedGradients(enum.Enum):
+    """What a gradient is for a source the target does not depend on (TensorFlow's enum)."""
+
+    NONE = "none"
+    ZERO = "zero"
+
+
+def unconnected_mode(value: Any, op: str) -> str:
+    if isinstance(value, UnconnectedGradients):
+        return value.value
+    if value in ("none", "zero"):
+        return str(value)
+    raise ValueError(message(op, "unknown unconnected_gradients", repr(value),
+                             "'none', 'zero' or ap.UnconnectedGradients.NONE/ZERO",
+                             "pass one of them"))
 
 
 def _is_source_leaf(x: Any) -> bool:
@@ -34,35 +53,73 @@ class GradientTape:
     """Records operations for automatic differentiation (TensorFlow's semantics).
 
     Inside `with ap.GradientTape() as tape:`, reads of trainable variables are watched (unless
-    `watch_accessed_variables=False`), `tape.watch(x)` watches arrays too, and ops on watched
-    values are recorded. `tape.gradient(target, sources)` returns d target / d source for each
-    source of a nested structure; a non-persistent tape allows one such call. Tapes nest: the
-    gradient taken inside an outer tape is recorded by it, giving second derivatives.
+    `watch_accessed_variables=False`), `tape.watch(x)` watches arrays, constants and variables
+    too, and ops on watched values are recorded. `tape.gradient(target, sources)` returns
+    d target / d source for each source of a nested structure; a non-persistent tape allows one
+    such call. Tapes nest: the gradient taken inside an outer tape is recorded by it.
     """
 
     def __init__(self, persistent: bool = False, watch_accessed_variables: bool = True):
         self.persistent = persistent
         self.watch_accessed_variables = watch_accessed_variables
         self._recording: Recording | None = None
-        self._watched: dict[int, Any] = {}  # id -> watched variable or array
+        self._ordinal = -1  # this tape's index among the recording's tapes
+        self._watch_since: dict[int, int] = {}  # node id -> graph length when watched
+        self._watched_vars: dict[Variable, None] = {}  # explicitly watched, in order
+        self._read_vars: dict[Variable, None] = {}  # read while auto-watching, in order
+        self._windows: list[list[int]] = []  # [start, end) node ranges recorded; end -1: open
+        self._active = False  # inside the `with` block
+        self._recording_now = False  # the window is open (not stopped, not after gradient)
         self._used = False
-        self._active = False
 
     # --- context --------------------------------------------------------------------------------
 
     def __enter__(self) -> GradientTape:
-        if state.depth == 0 or state.recording is None:
-            state.recording = Recording()
-        state.depth += 1
-        self._recording = state.recording
+        if self._active:
+            raise ValueError(message(
+                "GradientTape", "the tape is already recording", "`with tape:` inside "
+                "`with tape:`", "one `with` block per tape at a time",
+                "use a second ap.GradientTape() for nested recording"))
+        scope = _context.effective()
+        outer = scope.recording if scope is not None and not scope.paused else None
+        rec = outer if outer is not None else self._recording or Recording()
+        if self._recording is not None and rec is not self._recording:
+            raise RuntimeError(message(
+                "GradientTape", "re-entering a tape inside another tape's recording",
+                "`with tape:` again, nested in a tape it was not nested in before",
+                "re-entering in the same nesting as the first time",
+                "use a new ap.GradientTape() here"))
+        with rec.lock:
+            if self._recording is None:
+                self._recording = rec
+                self._ordinal = len(rec.tapes)
+                rec.tapes.append(self)
+            self._open(rec)
+        _context.push(self, recording=rec, paused=False, graph=None)
         self._active = True
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        _context.pop(self)
         self._active = False
-        state.depth -= 1
-        if state.depth == 0 and state.recording is not None:
-            unwatch_arrays(state.recording)
+        rec = self._recording
+        assert rec is not None
+        with rec.lock:
+            self._close(rec)
+
+    def _open(self, rec: Recording) -> None:
+        rec.active_tapes.append(self)
+        self._windows.append([len(rec.graph.nodes), -1])
+        self._recording_now = True
+        rec.event("enter", self._ordinal)
+
+    def _close(self, rec: Recording) -> None:
+        if not self._recording_now:
+            return
+        rec.active_tapes.remove(self)
+        self._windows[-1][1] = len(rec.graph.nodes)
+        self._recording_now = False
+        rec.event("exit", self._ordinal)
 
     def _rec(self, op: str) -> Recording:
         if self._recording is None:
@@ -75,161 +132,392 @@ class GradientTape:
     # --- watching -------------------------------------------------------------------------------
 
     def watch(self, tensor: Any) -> None:
-        """Watch a variable, array or eager tensor (or a nested structure of them)."""
+        """Watch variables, arrays, constants or eager tensors (a nested structure of them)."""
         rec = self._rec("watch")
-        for x in jax.tree.leaves(tensor, is_leaf=_is_source_leaf):
-            if isinstance(x, Variable):
-                rec.leaf(x)
-            elif isinstance(x, (jax.Array, np.ndarray)):
-                watch_array(rec, x)
-            elif not isinstance(x, EagerTensor):
-                raise TypeError(message("GradientTape.watch", "cannot watch this value",
-                                        type(x).__name__, "a Variable, an array or an "
-                                        "EagerTensor", "watch the arrays the loss depends on"))
-            self._watched[id(x)] = x
+        with rec.lock:
+            for x in jax.tree.leaves(tensor, is_leaf=_is_source_leaf):
+                self._watch_one(rec, x)
+
+    def _watch_one(self, rec: Recording, x: Any) -> None:
+        if isinstance(x, Variable):
+            self._watched_vars[x] = None
+            self._watch_node(rec, rec.variable_leaf(x))
+        elif type(x) is EagerTensor and x.recording is rec:
+            self._watch_node(rec, x.node)
+        elif isinstance(x, (jax.Array, np.ndarray, EagerTensor)) or jx.is_tracer(x):
+            self._watch_node(rec, rec.leaf(x))
+        else:
+            raise TypeError(message("GradientTape.watch", "cannot watch this value",
+                                    f"{type(x).__name__} {x!r:.60}", "a Variable, an array, "
+                                    "ap.constant(...) or an eager tensor", "convert Python "
+                                    "numbers with ap.constant(value) and watch that"))
+
+    def _watch_node(self, rec: Recording, t: Tensor) -> None:
+        if t.node.id not in self._watch_since:
+            self._watch_since[t.node.id] = len(rec.graph.nodes)
+            rec.event("watch", self._ordinal, rec.sidx[t.node.id])
+
+    def _watches_variable(self, v: Variable) -> bool:
+        return v in self._watched_vars or (self.watch_accessed_variables and v.trainable)
+
+    def _on_variable_read(self, v: Variable, leaf: Tensor) -> None:
+        """`v` was read (as `leaf`) while this tape records: watch it if the tape watches `v`."""
+        if leaf.node.id in self._watch_since or not self._watches_variable(v):
+            return
+        if v not in self._watched_vars:
+            self._read_vars[v] = None
+        rec = self._recording
+        assert rec is not None
+        fresh = leaf.node.id == len(rec.graph.nodes) - 1
+        self._watch_since[leaf.node.id] = leaf.node.id if fresh else len(rec.graph.nodes)
+        rec.event("watch", self._ordinal, rec.sidx[leaf.node.id])
 
     def watched_variables(self) -> list[Variable]:
-        """Variables this tape watches: the ones watched and (by default) the ones read."""
-        rec = self._recording
-        found = {id(v): v for v in self._watched.values() if isinstance(v, Variable)}
-        if rec is not None and self.watch_accessed_variables:
-            for obj in rec._keepalive:
-                if isinstance(obj, Variable) and obj.trainable:
-                    found.setdefault(id(obj), obj)
-        return list(found.values())
-
-    def _is_watched(self, source: Any) -> bool:
-        if isinstance(source, EagerTensor) or id(source) in self._watched:
-            return True
-        return (isinstance(source, Variable) and source.trainable
-                and self.watch_accessed_variables)
+        """The variables this tape watches (watched or read while recording), in creation
+        order."""
+        found = {**self._watched_vars, **self._read_vars}
+        return sorted(found, key=lambda v: v._uid)
 
     @contextmanager
     def stop_recording(self) -> Iterator[None]:
-        """Inside, ops run eagerly and are not recorded (their results are constants)."""
+        """Inside, this tape records nothing (other active tapes go on recording)."""
         rec = self._rec("stop_recording")
-        rec.paused += 1
+        if not self._recording_now:
+            raise RuntimeError(message("GradientTape.stop_recording", "the tape is not recording",
+                                       "stop_recording() outside the tape's `with` block",
+                                       "a recording tape", "call it inside `with tape:`"))
+        with rec.lock:
+            self._close(rec)
+        others = bool(rec.active_tapes)
+        if not others:
+            _context.push(self, paused=True)
         try:
             yield
         finally:
-            rec.paused -= 1
+            if not others:
+                _context.pop(self)
+            with rec.lock:
+                self._open(rec)
 
     def reset(self) -> None:
-        """Forget everything recorded and watched so far (recording goes on if active)."""
-        if self._recording is not None:
-            unwatch_arrays(self._recording)
-        self._watched.clear()
+        """Forget everything this tape recorded and watched (it goes on recording if active)."""
+        self._watch_since.clear()
+        self._watched_vars.clear()
+        self._read_vars.clear()
         self._used = False
-        if self._active:
-            state.recording = self._recording = Recording()
-        else:
-            self._recording = None
+        rec = self._recording
+        if rec is None:
+            return
+        with rec.lock:
+            self._windows = [[len(rec.graph.nodes), -1]] if self._recording_now else []
+            rec.event("reset", self._ordinal)
+        if not self._active:
+            self._recording, self._ordinal = None, -1
+
+    # --- what the tape saw ------------------------------------------------------------------
+
+    def _counted(self, rec: Recording) -> set[int]:
+        """Node ids that count for this tape: the ones it watches, and ops recorded in its
+        windows with an input that counts (an input watched later than the op does not)."""
+        since = self._watch_since
+        counted = set(since)
+        nodes = rec.graph.nodes
+        for start, end in self._windows:
+            for node in nodes[start:len(nodes) if end < 0 else end]:
+                if node.kind != "op":
+                    continue
+                for i in node.inputs:
+                    j = i.node.id
+                    if (j in counted and j not in since) or since.get(j, node.id + 1) <= node.id:
+                        counted.add(node.id)
+                        break
+        return counted
+
+    def _source_nodes(self, rec: Recording, s: Any) -> list[Tensor]:
+        """The recorded nodes a source stands for (every version read of a variable)."""
+        if isinstance(s, Variable):
+            return list(rec.variable_leaves.get(s, ()))
+        if type(s) is EagerTensor and s.recording is rec:
+            return [s.node]
+        leaf = rec.leaf_if_seen(s)
+        return [leaf] if leaf is not None and rec.tracks(s) else []
+
+    def _target_node(self, rec: Recording, y: Any) -> Tensor | None:
+        if type(y) is EagerTensor and y.recording is rec:
+            return y.node
+        if isinstance(y, Variable):
+            leaves = rec.variable_leaves.get(y)
+            return leaves[-1] if leaves else None
+        return rec.leaf_if_seen(y) if rec.tracks(y) else None
+
+    def _start_derivation(self, op: str) -> Recording:
+        rec = self._rec(op)
+        if self._used and not self.persistent:
+            raise RuntimeError(message(
+                f"GradientTape.{op}", "a non-persistent tape can compute derivatives once",
+                "a second gradient/jacobian call", "one call per non-persistent tape",
+                "create the tape with ap.GradientTape(persistent=True)"))
+        self._used = True
+        if self._recording_now and not self.persistent:
+            with rec.lock:  # as in TensorFlow: a non-persistent tape stops recording here
+                self._close(rec)
+        return rec
 
     # --- derivatives ----------------------------------------------------------------------------
 
     def gradient(self, target: Any, sources: Any, output_gradients: Any = None,
-                 unconnected_gradients: str = "none") -> Any:
+                 unconnected_gradients: Any = "none") -> Any:
         """d(sum of target)/d source for every source of the nested structure `sources`."""
-        rec = self._rec("gradient")
-        if self._used and not self.persistent:
-            raise RuntimeError(message(
-                "GradientTape.gradient", "a non-persistent tape's gradient was asked twice",
-                "a second gradient call", "one call per non-persistent tape",
-                "create the tape with ap.GradientTape(persistent=True)"))
-        self._used = True
+        unconnected = unconnected_mode(unconnected_gradients, "GradientTape.gradient")
+        rec = self._start_derivation("gradient")
         flat_sources, tree = jax.tree.flatten(sources, is_leaf=_is_source_leaf)
-        targets = jax.tree.leaves(target, is_leaf=lambda x: isinstance(x, EagerTensor))
-        outs = jax.tree.leaves(output_gradients) if output_gradients is not None else None
-        grads = self._gradients(rec, targets, flat_sources, outs, unconnected_gradients)
-        return jax.tree.unflatten(tree, grads)
-
-    def _source_node(self, rec: Recording, s: Any) -> Tensor | None:
-        if not self._is_watched(s):
-            return None
-        if isinstance(s, EagerTensor):
-            return s.node if s.recording is rec else None
-        return rec.leaf_if_seen(s)
+        _check_float_sources("GradientTape.gradient", flat_sources)
+        targets = jax.tree.leaves(target, is_leaf=_is_source_leaf)
+        outs = None if output_gradients is None else jax.tree.leaves(
+            output_gradients, is_leaf=lambda x: isinstance(x, EagerTensor))
+        with rec.lock:
+            grads = self._gradients(rec, targets, flat_sources, outs)
+        return jax.tree.unflatten(tree, [_unconnected(s, unconnected) if g is None else g
+                                         for s, g in zip(flat_sources, grads)])
 
     def _gradients(self, rec: Recording, targets: list[Any], sources: list[Any],
-                   output_gradients: list[Any] | None, unconnected: str) -> list[Any]:
-        for s in sources:
-            dtype = np.dtype(getattr(s, "dtype", np.float32))
-            if not jnp.issubdtype(dtype, jnp.inexact):
-                raise DerivativeError(message(
-                    "GradientTape.gradient", "a source is not floating point",
-                    f"{getattr(s, 'name', type(s).__name__)} of dtype {dtype.name}",
-                    "floating-point sources", "cast the source to a float dtype"))
-        nodes = [self._source_node(rec, s) for s in sources]
-        ys = [t.node for t in targets if type(t) is EagerTensor and t.recording is rec]
-        live = [n for n in nodes if n is not None]
-        if not ys or not live:
-            return [self._unconnected(s, unconnected) for s in sources]
-        gys = None if output_gradients is None else [
-            o.materialized if type(o) is EagerTensor else o for o in output_gradients]
-        if active_recording() is rec:  # an outer tape records: stay symbolic, lazily
-            derived = graph_gradients(ys, live, grad_ys=gys, unconnected_gradients="none")
-            results = [EagerTensor(rec, d) if d is not None else None for d in derived]
+                   outs: list[Any] | None) -> list[Any]:
+        pairs = [(self._target_node(rec, t), i) for i, t in enumerate(targets)]
+        ys = [y for y, _ in pairs if y is not None]
+        groups = [self._source_nodes(rec, s) for s in sources]
+        xs = list({x.node.id: x for g in groups for x in g}.values())
+        if not ys or not xs:
+            return [None] * len(sources)
+        gys = None
+        if outs is not None:
+            if len(outs) != len(targets):
+                raise ValueError(message("GradientTape.gradient", "output_gradients does not "
+                                         "match target", f"{len(outs)} output gradients",
+                                         f"{len(targets)}, one per target", "give one per "
+                                         "target"))
+            gys = [jnp.asarray(_plain(outs[i])) for y, i in pairs if y is not None]
+        if self._records_for_outer(rec) or rec._traced():
+            by_x = self._symbolic(rec, ys, xs, gys)
         else:
-            results = self._compiled_gradients(rec, ys, live, gys, targets)
-        it = iter(results)
-        return [self._unconnected(s, unconnected) if n is None else next(it)
-                for s, n in zip(sources, nodes)]
+            by_x = self._compiled(rec, ys, xs, gys)
+        return [_sum([by_x[k] for k in (rec.sidx[x.node.id] for x in g) if k in by_x])
+                for g in groups]
 
-    def _compiled_gradients(self, rec: Recording, ys: list[Tensor], xs: list[Tensor],
-                            gys: list[Any] | None, targets: list[Any]) -> list[Any]:
-        upto = max(t.node.id for t in ys + xs) + 1
-        weights = None if gys is None else tuple(np.shape(g) for g in gys)
-        key = ("grad", rec.structure(upto), tuple(t.node.id for t in ys),
-               tuple(t.node.id for t in xs), weights)
+    def _records_for_outer(self, rec: Recording) -> bool:
+        """Whether another tape records now: then derivatives stay symbolic, so it sees them."""
+        return any(t is not self for t in rec.active_tapes)
+
+    def _live(self, rec: Recording, ys: list[Tensor], xs: list[Tensor]
+              ) -> tuple[list[Tensor], set[int]]:
+        counted = self._counted(rec)
+        return [x for x in xs if x.node.id in counted], counted
+
+    def _symbolic(self, rec: Recording, ys: list[Tensor], xs: list[Tensor],
+                  gys: list[Any] | None) -> dict[int, Any]:
+        live, counted = self._live(rec, ys, xs)
+        if not live:
+            return {}
+        derived = graph_gradients(ys, live, grad_ys=gys, only=counted)
+        rec.register_new_nodes()
+        return {rec.sidx[x.node.id]: EagerTensor(rec, d) for x, d in zip(live, derived)
+                if d is not None}
+
+    def _compiled(self, rec: Recording, ys: list[Tensor], xs: list[Tensor],
+                  gys: list[Any] | None) -> dict[int, Any]:
+        weights = None if gys is None else tuple((g.shape, g.dtype.str) for g in gys)
+        key = ("grad", rec.prefix, self._ordinal, tuple(rec.sidx[y.node.id] for y in ys),
+               tuple(rec.sidx[x.node.id] for x in xs), weights, jx.config_key())
 
         def build() -> Program:
-            feeds = [rec.graph.placeholder(np.shape(g), np.asarray(g).dtype)
-                     for g in gys] if gys is not None else None
-            derived = graph_gradients(ys, xs, grad_ys=feeds, unconnected_gradients="zero")
-            fetched = [t for t in derived if t is not None]
-            return Program(rec.graph, [*ys, *fetched], rec.leaves[:] + (feeds or []))
+            live, counted = self._live(rec, ys, xs)
+            feeds = rec.leaves_before(max(t.node.id for t in ys + xs) + 1)
+            with rec.graph.building():
+                weights_in = None if gys is None else [
+                    rec.graph.placeholder(g.shape, g.dtype, name="output_gradient") for g in gys]
+            derived = graph_gradients(ys, live, grad_ys=weights_in, only=counted) if live else []
+            rec.skip_new_nodes()
+            connected = [rec.sidx[x.node.id] for x, d in zip(live, derived) if d is not None]
+            fetched = [d for d in derived if d is not None]
+            return Program(rec.graph, [*ys, *fetched], [*feeds, *(weights_in or [])],
+                           meta=connected)
 
         program = cached_program(key, build)
-        leaf_values = rec.leaf_values[:program.n_leaves - (len(gys) if gys else 0)]
-        values = program(leaf_values + list(gys or []))
-        for t in targets:  # the forward values came along: keep them
-            if type(t) is EagerTensor and t.recording is rec and t._value is None:
-                t._set_value(values[ys.index(t.node)])
-        return values[len(ys):]
+        n_leaves = program.n_feeds - (len(gys) if gys else 0)
+        values = program([rec.values[t.node.id] for t in rec.leaves[:n_leaves]] + list(gys or []))
+        for y, v in zip(ys, values):  # the targets' values came along: keep them
+            rec.values.setdefault(y.node.id, v)
+        return dict(zip(program.meta, values[len(ys):]))
 
-    def _unconnected(self, source: Any, unconnected: str) -> Any:
-        if unconnected == "zero":
-            return jnp.zeros(np.shape(source), getattr(source, "dtype", np.float32))
-        if unconnected != "none":
-            raise ValueError(message("GradientTape.gradient", "unknown unconnected_gradients",
-                                     repr(unconnected), "'none' or 'zero'", "pass one of them"))
-        return None
+    # --- Jacobians --------------------------------------------------------------------------
 
-    def jacobian(self, target: Any, sources: Any,
-                 unconnected_gradients: str = "none") -> Any:
+    def jacobian(self, target: Any, sources: Any, unconnected_gradients: Any = "none",
+                 parallel_iterations: int | None = None, experimental_use_pfor: bool = True
+                 ) -> Any:
         """d target[i...] / d source[j...] for each source: shape target.shape + source.shape."""
-        rec = self._rec("jacobian")
+        del parallel_iterations, experimental_use_pfor  # one strategy: reverse mode per row
+        unconnected = unconnected_mode(unconnected_gradients, "GradientTape.jacobian")
+        rec = self._start_derivation("jacobian")
         flat_sources, tree = jax.tree.flatten(sources, is_leaf=_is_source_leaf)
-        if type(target) is not EagerTensor or target.recording is not rec:
-            return jax.tree.unflatten(tree, [self._unconnected(s, unconnected_gradients)
-                                             for s in flat_sources])
-        nodes = [self._source_node(rec, s) for s in flat_sources]
-        live = [n for n in nodes if n is not None]
-        program = Program(rec.graph, [target.node], rec.leaves[:])
-        if any(n not in rec.leaves for n in live):
-            raise NotImplementedError("GradientTape.jacobian: sources must be variables or "
-                                      "watched arrays (not intermediate results)")
-        positions = [rec.leaves.index(n) for n in live]
-        values = rec.leaf_values[:]
+        _check_float_sources("GradientTape.jacobian", flat_sources)
+        with rec.lock:
+            jacs = self._jacobians(rec, target, flat_sources, batch=False)
+        return jax.tree.unflatten(tree, [
+            _unconnected_jacobian(target, s, unconnected) if j is None else j
+            for s, j in zip(flat_sources, jacs)])
 
-        def fn(*xs: Any) -> Any:
-            full = values[:]
-            for p, x in zip(positions, xs):
-                full[p] = x
-            return program.interpret(*full)[0]
+    def batch_jacobian(self, target: Any, source: Any, unconnected_gradients: Any = "none",
+                       parallel_iterations: int | None = None,
+                       experimental_use_pfor: bool = True) -> Any:
+        """Per-example Jacobians: for target [b, *t] and source [b, *s], the [b, *t, *s] array
+        of d target[i, ...] / d source[i, ...] (examples assumed independent, as in
+        TensorFlow)."""
+        del parallel_iterations, experimental_use_pfor
+        unconnected = unconnected_mode(unconnected_gradients, "GradientTape.batch_jacobian")
+        rec = self._start_derivation("batch_jacobian")
+        _check_float_sources("GradientTape.batch_jacobian", [source])
+        t_shape, s_shape = tuple(np.shape(target)), tuple(np.shape(source))
+        if not t_shape or not s_shape or t_shape[0] != s_shape[0]:
+            raise ValueError(message("GradientTape.batch_jacobian", "target and source need one "
+                                     "leading batch dimension of the same size",
+                                     f"target {list(t_shape)}, source {list(s_shape)}",
+                                     "shapes [b, ...] and [b, ...]", "reshape so the batch "
+                                     "dimension comes first"))
+        with rec.lock:
+            (jac,) = self._jacobians(rec, target, [source], batch=True)
+        if jac is None:
+            if unconnected == "zero":
+                return jnp.zeros(t_shape + s_shape[1:], np.dtype(source.dtype))
+            return None
+        return jac
 
-        jac = jax.jacrev(fn, argnums=tuple(range(len(live))))(*[values[p] for p in positions])
-        it = iter(jac)
-        return jax.tree.unflatten(tree, [self._unconnected(s, unconnected_gradients)
-                                         if n is None else next(it)
-                                         for s, n in zip(flat_sources, nodes)])
+    def _jacobians(self, rec: Recording, target: Any, sources: list[Any], batch: bool
+                   ) -> list[Any]:
+        y = self._target_node(rec, target)
+        groups = [self._source_nodes(rec, s) for s in sources]
+        xs = list({x.node.id: x for g in groups for x in g}.values())
+        if y is None or not xs:
+            return [None] * len(sources)
+        live, counted = self._live(rec, [y], xs)
+        connected = {x.node.id for x, d in zip(live, graph_gradients([y], live, only=counted))
+                     if d is not None} if live else set()
+        rec.skip_new_nodes()
+        live = [x for x in live if x.node.id in connected]
+        if not live:
+            return [None] * len(sources)
+        if self._records_for_outer(rec):
+            by_x = _symbolic_jacobian(rec, y, live, counted, batch)
+        else:
+            by_x = _numeric_jacobian(rec, y, live, batch)
+        return [_sum([by_x[x.node.id] for x in g if x.node.id in by_x]) for g in groups]
+
+
+
+# ----------------------------------------------------------------------------------------------
+# Jacobians: rows of reverse mode, symbolic (for an outer tape) or through jax.jacrev
+# ----------------------------------------------------------------------------------------------
+
+def _numeric_jacobian(rec: Recording, y: Tensor, xs: list[Tensor], batch: bool
+                      ) -> dict[int, Any]:
+    leaves = rec.leaves_before(y.node.id + 1)
+    inner = [x for x in xs if x not in leaves]
+    feeds = [*leaves, *inner]
+    program = Program(rec.graph, [y], feeds)
+    values = [rec.values[t.node.id] for t in leaves] + rec.evaluate(inner) if inner else \
+        [rec.values[t.node.id] for t in leaves]
+    positions = [feeds.index(x) for x in xs]
+
+    def fn(*x_values: Any) -> Any:
+        full = list(values)
+        for p, v in zip(positions, x_values):
+            full[p] = v
+        return program.interpret(*full)[0]
+
+    jacs = jax.jacrev(fn, argnums=tuple(range(len(xs))))(*[values[p] for p in positions])
+    if batch:
+        jacs = tuple(_batch_diagonal(j, y.shape, x.shape) for j, x in zip(jacs, xs))
+    return {x.node.id: j for x, j in zip(xs, jacs)}
+
+
+def _batch_diagonal(jac: Any, t_shape: tuple[int, ...], s_shape: tuple[int, ...]) -> Any:
+    """[b, *t, b, *s] -> [b, *t, *s]: the blocks where the two example indices agree."""
+    b, t, s = t_shape[0], int(np.prod(t_shape[1:])), int(np.prod(s_shape[1:]))
+    blocks = jnp.reshape(jac, (b, t, b, s))
+    diagonal = jnp.moveaxis(jnp.diagonal(blocks, axis1=0, axis2=2), -1, 0)  # [b, t, s]
+    return jnp.reshape(diagonal, t_shape + s_shape[1:])
+
+
+def _symbolic_jacobian(rec: Recording, y: Tensor, xs: list[Tensor], counted: set[int],
+                       batch: bool) -> dict[int, Any]:
+    """Jacobian rows as graph nodes, so an outer tape differentiates them again."""
+    from adplugin.primitives.shape import concatenate, reshape
+
+    with rec.graph.building():
+        if batch:  # row k: d sum_i target[i, k] / d source, valid for independent examples
+            b = y.shape[0]
+            rows2 = reshape(y, (b, -1))
+            n = rows2.shape[1]
+            picks = [rows2[:, k] for k in range(n)]
+        else:
+            flat = reshape(y, (-1,))
+            n = flat.shape[0]
+            picks = [flat[k] for k in range(n)]
+        rows: dict[int, list[Any]] = {x.node.id: [] for x in xs}
+        for pick in picks:
+            for x, g in zip(xs, graph_gradients(pick, xs, unconnected_gradients="zero",
+                                                only=counted | {pick.node.id})):
+                rows[x.node.id].append(reshape(g, (1, *x.shape)))
+        out = {}
+        for x in xs:
+            stacked = concatenate(rows[x.node.id], axis=0) if n > 1 else rows[x.node.id][0]
+            if batch:  # [n, b, *s] -> [b, *t, *s]
+                from adplugin.primitives.shape import transpose
+
+                moved = transpose(stacked, (1, 0, *range(2, stacked.ndim)))
+                out[x.node.id] = reshape(moved, (*y.shape, *x.shape[1:]))
+            else:
+                out[x.node.id] = reshape(stacked, (*y.shape, *x.shape))
+    rec.register_new_nodes()
+    return {k: EagerTensor(rec, v) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, Variable):
+        return x.value
+    return x.materialized if type(x) is EagerTensor else x
+
+
+def _sum(parts: list[Any]) -> Any:
+    if not parts:
+        return None
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
+
+
+def _check_float_sources(op: str, sources: list[Any]) -> None:
+    for s in sources:
+        dtype = np.dtype(getattr(s, "dtype", np.float32))
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise DerivativeError(message(
+                op, "a source is not floating point",
+                f"{getattr(s, 'name', type(s).__name__)} of dtype {dtype.name}",
+                "floating-point sources", "cast the source to a float dtype (integer "
+                "values have no derivative)"))
+
+
+def _unconnected(source: Any, mode: str) -> Any:
+    if mode == "zero":
+        return jnp.zeros(np.shape(source), getattr(source, "dtype", np.float32))
+    return None
+
+
+def _unconnected_jacobian(target: Any, source: Any, mode: str) -> Any:
+    if mode == "zero":
+        return jnp.zeros(tuple(np.shape(target)) + tuple(np.shape(source)),
+                         getattr(source, "dtype", np.float32))
+    return None

@@ -1,4 +1,10 @@
-"""`ap.Variable`: a mutable holder of a JAX array, usable wherever an array is."""
+"""`ap.Variable`: a mutable holder of a JAX array, usable wherever an array is.
+
+Variables (and optimizer state) are `Cell`s: mutable state whose reads and writes go through the
+dispatch context. Outside any scope a read is the stored array; inside a tape it is recorded;
+inside a graph being built it is a read node fed at run time; inside `ap.function`'s trace it is
+the traced value the compiled program takes as input, and writes become its outputs.
+"""
 
 from __future__ import annotations
 
@@ -9,49 +15,106 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adplugin import _context
+from adplugin import _jax_adapter as jx
 from adplugin._errors import message, shape_error
 from adplugin._operator_types import ConcreteValueMethods, OperatorMethods
 
 
-class Variable(OperatorMethods, ConcreteValueMethods):
+class Cell:
+    """Mutable state that `ap.function` lifts into its compiled program's inputs and outputs.
+
+    `_stored` is the committed value (a pytree of arrays); `_version` counts writes, so a
+    recording knows a read after an assignment is a new value.
+    """
+
+    __slots__ = ("_stored", "_version", "__weakref__")
+
+    def __init__(self, value: Any):
+        self._stored = value
+        self._version = 0
+
+    def _read(self) -> Any:
+        """The value in this context: the traced one inside `ap.function`, else the stored."""
+        scope = _context.current()
+        if scope is not None and scope.frame is not None:
+            return scope.frame.read(self)
+        return self._stored
+
+    def _write(self, value: Any) -> None:
+        scope = _context.current()
+        if scope is not None and scope.frame is not None:
+            scope.frame.write(self, value)
+            return
+        if any(jx.is_tracer(x) for x in jax.tree.leaves(value)):
+            raise RuntimeError(message(
+                f"{type(self).__name__}.assign", "a value traced by a JAX transformation "
+                "(jax.jit, grad, vmap) was assigned to adplugin state", "a JAX tracer",
+                "a concrete value", "decorate the step with @ap.function (which compiles "
+                "variable updates into the program) instead of jax.jit"))
+        self._stored = value
+        self._version += 1
+
+
+class Variable(Cell, OperatorMethods, ConcreteValueMethods):
     """A named, mutable array (TensorFlow's `tf.Variable`).
 
     Reading it inside a `GradientTape` records the read (and the tape watches it when it is
-    trainable); `assign`, `assign_add` and `assign_sub` replace its value. JAX functions
-    accept it directly (`jnp.sum(v)`), as do all `ap.*` ops and Python operators.
+    trainable); `assign`, `assign_add` and `assign_sub` replace its value, and later reads in
+    the same tape see (and differentiate at) the new value. JAX functions accept it directly
+    (`jnp.sum(v)`), as do all `ap.*` ops and Python operators.
     """
 
+    __slots__ = ("trainable", "name", "_uid")
     _ids = itertools.count()
     __array_priority__ = 1000
 
     def __init__(self, initial_value: Any, trainable: bool = True, name: str | None = None,
                  dtype: Any = None):
+        scope = _context.current()
+        if scope is not None and scope.frame is not None:
+            raise RuntimeError(message(
+                "Variable", "a variable was created inside an `ap.function` while it traces",
+                f"Variable({name or ''}) created in the traced code", "variables created "
+                "outside the function", "create the variable once, outside, and pass it in "
+                "or close over it"))
+        if callable(initial_value):
+            initial_value = initial_value()
+        initial_value = getattr(initial_value, "materialized", initial_value)
+        if isinstance(initial_value, Variable):
+            initial_value = initial_value._stored
         value = jnp.asarray(initial_value, dtype=dtype)
+        value = jnp.asarray(value, dtype=value.dtype)  # strongly typed, as every assign gives
         if value.dtype.kind not in "biuf" and not jnp.issubdtype(value.dtype, jnp.floating):
             raise TypeError(message("Variable", "unsupported dtype", value.dtype.name,
                                     "a boolean, integer or floating-point value",
                                     "pass a numeric array"))
-        self._value = value
+        super().__init__(value)
         self.trainable = bool(trainable)
-        self.name = name or f"Variable{next(Variable._ids)}"
+        self._uid = next(Variable._ids)
+        self.name = name or f"Variable{self._uid}"
 
     # --- value ----------------------------------------------------------------------------------
 
     @property
     def value(self) -> jax.Array:
-        return self._value
+        """The plain value (never recorded by a tape; the traced value inside ap.function)."""
+        return self._read()  # type: ignore[no-any-return]
 
-    def read_value(self) -> jax.Array:
-        return self._value
+    def read_value(self) -> Any:
+        """The value as a read: recorded by a tape that watches the variable, a read node in a
+        graph being built, the traced value inside `ap.function` (TensorFlow's read_value)."""
+        from adplugin.eager.recording import read_variable
 
+        return read_variable(self)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self._value.shape)
+        return tuple(self._stored.shape)
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self._value.dtype)
+        return np.dtype(self._stored.dtype)
 
     @property
     def weak_type(self) -> bool:
@@ -59,41 +122,58 @@ class Variable(OperatorMethods, ConcreteValueMethods):
 
     @property
     def ndim(self) -> int:
-        return self._value.ndim
+        return len(self._stored.shape)
 
     @property
     def size(self) -> int:
-        return int(self._value.size)
+        return int(self._stored.size)
 
     # --- updates --------------------------------------------------------------------------------
 
-    def assign(self, value: Any) -> Variable:
-        new = jnp.asarray(_concrete(value), dtype=self.dtype)
-        if new.shape != self._value.shape:
+    def assign(self, value: Any) -> Any:
+        """Replace the value. Inside a graph being built this returns the assignment as a graph
+        op (applied when `Graph.run` fetches it), as in TensorFlow 1."""
+        scope = _context.effective()
+        if scope is not None and scope.graph is not None:
+            from adplugin.ir.variables import assign_node
+
+            return assign_node(scope.graph, self, value)
+        new = _plain(value)
+        if not jx.is_tracer(new):
+            new = jnp.asarray(new, dtype=self.dtype)
+        elif np.dtype(new.dtype) != self.dtype:
+            new = new.astype(self.dtype)
+        if tuple(np.shape(new)) != self.shape:
             raise shape_error(f"Variable({self.name}).assign", "the new value has another shape",
-                              list(new.shape), list(self._value.shape),
+                              list(np.shape(new)), list(self.shape),
                               "assign a value of the variable's shape (or make a new Variable)")
-        self._value = new
+        self._write(new)
         return self
 
-    def assign_add(self, delta: Any) -> Variable:
-        return self.assign(self._value + _concrete(delta))
+    def assign_add(self, delta: Any) -> Any:
+        scope = _context.effective()
+        if scope is not None and scope.graph is not None:
+            return self.assign(self.read_value() + delta)
+        return self.assign(self.value + _plain(delta))
 
-    def assign_sub(self, delta: Any) -> Variable:
-        return self.assign(self._value - _concrete(delta))
+    def assign_sub(self, delta: Any) -> Any:
+        scope = _context.effective()
+        if scope is not None and scope.graph is not None:
+            return self.assign(self.read_value() - delta)
+        return self.assign(self.value - _plain(delta))
 
     # --- array protocol -------------------------------------------------------------------------
 
     def _concrete_value(self) -> jax.Array:
-        return self._value
+        return self.value
 
     def __jax_array__(self) -> jax.Array:
         _check_jax_read(self)
-        return self._value
+        return self.value
 
     def __repr__(self) -> str:
         return f"<ap.Variable {self.name!r} shape={self.shape} dtype={self.dtype.name}, " \
-               f"value={np.asarray(self._value)!r}>"
+               f"value={np.asarray(self._stored)!r}>"
 
     def __hash__(self) -> int:
         return id(self)
@@ -104,10 +184,11 @@ class Variable(OperatorMethods, ConcreteValueMethods):
 
 def _flatten(v: Variable) -> tuple[tuple[Any], tuple[bool, str]]:
     _check_jax_read(v)
-    return (v._value,), (v.trainable, v.name)
+    return (v.value,), (v.trainable, v.name)
 
 
-# Set by the tape: raises when a JAX function reads a variable the tape would differentiate.
+# Set by the tape module: raises when a JAX function reads a variable a tape would
+# differentiate (filled once at import; nothing mutates it afterwards).
 jax_read_guards: list[Any] = []
 
 
@@ -116,16 +197,17 @@ def _check_jax_read(v: Any) -> None:
         guard(v)
 
 
-def _unflatten(aux: tuple[bool, str], children: Any) -> Variable:
-    # a view of the value (possibly a tracer) inside a JAX transformation
-    v = object.__new__(Variable)
-    v._value, (v.trainable, v.name) = children[0], aux
-    return v
+def _unflatten(aux: tuple[bool, str], children: Any) -> Any:
+    # inside a JAX transformation a variable is a pytree of its value: give the value back
+    return children[0]
 
 
 # A pytree, so JAX functions (jnp.sum(v), jax.jit(f)(v)) take variables directly.
 jax.tree_util.register_pytree_node(Variable, _flatten, _unflatten)
 
 
-def _concrete(value: Any) -> Any:
-    return value.value if isinstance(value, Variable) else getattr(value, "materialized", value)
+def _plain(value: Any) -> Any:
+    """A value as JAX sees it (variables read, eager tensors materialized)."""
+    if isinstance(value, Variable):
+        return value.value
+    return getattr(value, "materialized", value)

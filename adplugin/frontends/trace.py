@@ -23,7 +23,7 @@ import numpy as np
 from adplugin import _jax_adapter as jx
 from adplugin._errors import AdpluginError, message
 from adplugin._primitive import Primitive, get_primitive, list_primitives
-from adplugin.ir.graph import Graph, GraphError, Tensor
+from adplugin.ir.graph import FORWARD, Graph, GraphError, Tensor
 from adplugin.primitives._rules import full
 from adplugin.primitives.indexing import _fill_value
 
@@ -676,7 +676,7 @@ def trace(fn: Callable[..., Any], *example_args: Any) -> TracedFunction:
     inputs = [graph.placeholder(v.aval.shape, v.aval.dtype, n)
               for v, n in zip(jaxpr.invars, names)]
     conv = _Converter(graph)
-    with graph.building():
+    with graph.building(role=FORWARD):
         outputs = conv.run(jaxpr, consts, inputs)
     if conv.no_rule or conv.failed:
         raise _trace_error(name, conv)

@@ -18,21 +18,24 @@ from typing import Any
 
 import numpy as np
 
+from adplugin import _context
 from adplugin import _jax_adapter as jx
+from adplugin._context import DERIVATIVE, FORWARD
 from adplugin._errors import AdpluginError, message
 from adplugin._operator_types import OperatorMethods
 from adplugin._primitive import (
     Primitive,
     ShapeDtype,
     _as_shape_dtype,
-    active_builders,
+    register_scope_taker,
     register_symbolic_type,
 )
 
 PLACEHOLDER = "placeholder"
 CONSTANT = "constant"
-FORWARD = "forward"
-DERIVATIVE = "derivative"
+__all__ = ["CONSTANT", "DERIVATIVE", "FORWARD", "PLACEHOLDER", "Graph", "GraphError", "Node",
+           "Tensor", "constant", "get_default_graph", "needed_nodes", "no_cyclic_gc",
+           "placeholder"]
 
 
 class GraphError(AdpluginError, ValueError):
@@ -126,19 +129,24 @@ class Graph:
     def __init__(self, name: str | None = None):
         self.name = name or f"graph{next(Graph._ids)}"
         self.nodes: list[Node] = []
-        self._role = FORWARD
         self._names: set[str] = set()
-        self._compiled: dict[Any, Any] = {}
+        self._compiled: Any = None  # an LRU of compiled programs, made on first run
+        self._lock = threading.Lock()  # threads may add nodes to one graph at once
 
     # --- building ---------------------------------------------------------------------------
 
     def _add(self, op: Primitive | str, inputs: tuple[Tensor, ...], params: dict[str, Any],
-             aval: ShapeDtype, name: str | None = None, value: Any = None) -> Tensor:
-        if name is not None:
-            name = self._unique(name)
-        node = Node(len(self.nodes), op, inputs, params, self._role, name, value)
-        node.output = Tensor(self, node, aval)
-        self.nodes.append(node)
+             aval: ShapeDtype, name: str | None = None, value: Any = None,
+             role: str | None = None) -> Tensor:
+        if role is None:
+            scope = _context.current()
+            role = scope.role if scope is not None and scope.graph is self else FORWARD
+        with self._lock:
+            if name is not None:
+                name = self._unique(name)
+            node = Node(len(self.nodes), op, inputs, params, role, name, value)
+            node.output = Tensor(self, node, aval)
+            self.nodes.append(node)
         return node.output
 
     def _unique(self, name: str) -> str:
@@ -182,37 +190,21 @@ class Graph:
             raise TypeError(f"ap.{op}: an unknown linear value cannot enter the graph")
         return self.constant(np.asarray(x) if not isinstance(x, (bool, int, float)) else x)
 
-    @contextmanager
-    def derivative_nodes(self) -> Iterator[None]:
-        """Nodes added inside are marked as derivative nodes (drawn apart from forward ones)."""
-        saved, self._role = self._role, DERIVATIVE
-        try:
-            yield
-        finally:
-            self._role = saved
-
-    # --- default graph ----------------------------------------------------------------------
+    # --- the graph as a scope of the dispatch context -----------------------------------------
 
     def __enter__(self) -> Graph:
-        _stack().append(self)
-        active_builders.append(self._bind)
+        _context.push(self, graph=self, role=FORWARD, recording=None, paused=False)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        active_builders.pop()
-        _stack().pop()
-
-    def _bind(self, prim: Primitive, args: Sequence[Any], params: dict[str, Any]) -> Tensor:
-        return self.apply(prim, args, params)
+        _context.pop(self)
 
     @contextmanager
-    def building(self) -> Iterator[Graph]:
-        """Inside, ops on constants alone add nodes to this graph (not the default one)."""
-        active_builders.append(self._bind)
-        try:
+    def building(self, role: str = DERIVATIVE) -> Iterator[Graph]:
+        """Inside, ops on constants alone add nodes to this graph, with `role` (derivative
+        nodes by default: transforms build inside it)."""
+        with _context.scoped(self, graph=self, role=role, recording=None, paused=False):
             yield self
-        finally:
-            active_builders.pop()
 
     # --- inspection -------------------------------------------------------------------------
 
@@ -257,6 +249,9 @@ class Graph:
 
         return export(self, fetches, feed_dict or {})
 
+    def _bind(self, prim: Primitive, args: Sequence[Any], params: dict[str, Any]) -> Tensor:
+        return self.apply(prim, args, params)
+
     def __repr__(self) -> str:
         return f"<Graph {self.name}: {len(self.nodes)} nodes>"
 
@@ -294,33 +289,39 @@ def needed_nodes(graph: Graph, outputs: Sequence[Tensor] | None,
 
 from adplugin._primitive import Linear  # noqa: E402  (after Tensor: no cycle at import)
 
-_local = threading.local()
-
-
-def _stack() -> list[Graph]:
-    if not hasattr(_local, "stack"):
-        _local.stack = []
-    return _local.stack
-
-
 def get_default_graph() -> Graph:
-    """The innermost `with ap.Graph():` graph (a process-wide one outside of any)."""
-    stack = _stack()
-    if stack:
-        return stack[-1]
-    if not hasattr(_local, "global_graph"):
-        _local.global_graph = Graph("default")
-    return _local.global_graph
+    """The innermost `with ap.Graph():` graph of this thread or task."""
+    scope = _context.current()
+    if scope is None or scope.graph is None:
+        raise GraphError(message(
+            "get_default_graph", "no graph is being built here", "a call outside any "
+            "`with ap.Graph():` block", "a `with ap.Graph() as g:` block around graph code",
+            "open one (adplugin keeps no hidden global graph; adplugin.compat.v1 has "
+            "TensorFlow 1's default graph)"))
+    return scope.graph
 
 
 def placeholder(shape: Sequence[int], dtype: Any = np.float32, name: str | None = None) -> Tensor:
-    """A graph input to be fed at run time (TensorFlow 1 style)."""
-    return get_default_graph().placeholder(shape, dtype, name)
+    """A graph input to be fed at run time (TensorFlow 1 style), in the innermost graph."""
+    scope = _context.current()
+    if scope is None or scope.graph is None:
+        raise GraphError(message(
+            "placeholder", "a placeholder belongs to a graph, and none is being built here",
+            f"placeholder({tuple(shape) if shape is not None else None}) outside any graph",
+            "a `with ap.Graph() as g:` block", "create placeholders inside `with ap.Graph():`, "
+            "or pass arrays to the ops directly (eager)"))
+    return scope.graph.placeholder(shape, dtype, name)
 
 
-def constant(value: Any, dtype: Any = None, name: str | None = None) -> Tensor:
-    """A constant node of the default graph."""
-    return get_default_graph().constant(value, dtype, name)
+def constant(value: Any, dtype: Any = None, name: str | None = None) -> Any:
+    """A constant: a node of the graph being built, or outside graphs an eager tensor (as
+    `tf.constant` in TensorFlow 2: Python operators work, and a tape records it if watched)."""
+    scope = _context.current()
+    if scope is not None and scope.graph is not None:
+        return scope.graph.constant(value, dtype, name)
+    from adplugin.eager.recording import eager_constant
+
+    return eager_constant(value, dtype)
 
 
 def _graph_bind(prim: Primitive, args: Sequence[Any], params: dict[str, Any]) -> Any:
@@ -330,4 +331,14 @@ def _graph_bind(prim: Primitive, args: Sequence[Any], params: dict[str, Any]) ->
     raise AssertionError("no graph tensor among the arguments")
 
 
+def _graph_takes(scope: Any, args: Sequence[Any]) -> Any:
+    """Inside a graph being built, ops on constants (Python scalars, NumPy or concrete JAX
+    arrays) add nodes, as in TensorFlow's graph mode; tracers belong to JAX."""
+    graph = scope.graph
+    if graph is None or any(jx.is_tracer(a) for a in args):
+        return None
+    return graph._bind
+
+
 register_symbolic_type(Tensor, _graph_bind)
+register_scope_taker(_graph_takes)

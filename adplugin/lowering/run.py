@@ -14,7 +14,9 @@ import jax
 import jax.export
 import numpy as np
 
+from adplugin._context import jax_evaluation
 from adplugin._errors import message
+from adplugin._lru import LRU
 from adplugin.ir.graph import CONSTANT, PLACEHOLDER, GraphError, Node, Tensor
 
 if TYPE_CHECKING:
@@ -22,7 +24,14 @@ if TYPE_CHECKING:
 
 
 def evaluate(nodes: Sequence[Node], outputs: Sequence[Tensor], env: dict[int, Any]) -> list[Any]:
-    """Values of `outputs`, binding each node's primitive in order (`env`: fed values by id)."""
+    """Values of `outputs`, binding each node's primitive in order (`env`: fed values by id).
+
+    The primitives bind JAX's, whatever graph or tape the caller is building meanwhile."""
+    with jax_evaluation():
+        return _evaluate(nodes, outputs, env)
+
+
+def _evaluate(nodes: Sequence[Node], outputs: Sequence[Tensor], env: dict[int, Any]) -> list[Any]:
     for node in nodes:
         if node.id in env:
             continue
@@ -89,13 +98,18 @@ def simplified_program(graph: Graph, fetches: Sequence[Tensor], feeds: Sequence[
     return program
 
 
+_PROGRAMS_PER_GRAPH = 64
+
+
 def compile_graph(graph: Graph, fetches: Sequence[Tensor], feeds: Sequence[Tensor]) -> Any:
-    """A jitted function of the feeds' values returning the fetches' values (cached)."""
+    """A jitted function of the feeds' values returning the fetches' values (cached per graph
+    by fetch and feed set: the graph is append-only, so the set names one computation; jit
+    itself keys its executables by the fed types and JAX's configuration)."""
+    cache = graph._compiled
+    if cache is None:
+        cache = graph._compiled = LRU(_PROGRAMS_PER_GRAPH)
     key = (tuple(t.node.id for t in fetches), tuple(t.node.id for t in feeds))
-    hit = graph._compiled.get(key)
-    if hit is None:
-        hit = graph._compiled[key] = jax.jit(simplified_program(graph, fetches, feeds))
-    return hit
+    return cache.get_or_build(key, lambda: jax.jit(simplified_program(graph, fetches, feeds)))
 
 
 def _prepare(graph: Graph, fetches: Any, feed_dict: dict[Tensor, Any]

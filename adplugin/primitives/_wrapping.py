@@ -15,7 +15,8 @@ import numpy as np
 
 from adplugin import _jax_adapter as jx
 from adplugin._errors import axis_error, shape_error, type_error
-from adplugin._primitive import _symbolic_types, active_builders, get_primitive, intercepted
+from adplugin import _context
+from adplugin._primitive import get_primitive, is_symbolic, scope_taker
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,9 +34,7 @@ def op(*, static_argnames: Sequence[str] = ()) -> Callable[[F], F]:
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if _symbolic_types and (_any_symbolic(args) or (
-                    active_builders and not _any_jax_value(args)) or (
-                    intercepted and any(id(a) in intercepted for a in args))):
+            if _any_symbolic(args) or _scope_takes(args):
                 return fn(*args, **kwargs)
             try:
                 return jitted(*args, **kwargs)
@@ -53,13 +52,19 @@ def op(*, static_argnames: Sequence[str] = ()) -> Callable[[F], F]:
     return decorate
 
 
-def _any_jax_value(args: Sequence[Any]) -> bool:
-    return any(isinstance(a, jx.JAX_VALUE_TYPES) for a in args)
+def _scope_takes(args: Sequence[Any]) -> bool:
+    """Whether the dispatch context takes ops on these plain arguments (a graph being built,
+    a recording watching one of them): then the wrapper runs op by op, not as one jit."""
+    scope = _context.effective()
+    if scope is None:
+        return False
+    flat = [x for a in args for x in (a if isinstance(a, (list, tuple)) else (a,))]
+    return scope_taker(scope, flat) is not None
 
 
 def _any_symbolic(args: Sequence[Any]) -> bool:
     for a in args:
-        if type(a) in _symbolic_types:
+        if is_symbolic(a):
             return True
         if isinstance(a, (list, tuple)) and _any_symbolic(a):
             return True
@@ -81,14 +86,14 @@ def dtype_of(x: Any) -> np.dtype:
 
 
 def is_weak(x: Any) -> bool:
-    if type(x) in _symbolic_types:
+    if is_symbolic(x):
         return bool(x.weak_type)
     return jx.is_weakly_typed(x)
 
 
 def _promotion_stand_in(x: Any) -> Any:
     """What JAX's promotion sees for `x` (symbolic tensors become scalars of their kind)."""
-    if type(x) not in _symbolic_types:
+    if not is_symbolic(x):
         return x
     if x.weak_type:
         kind = jx.kind_of(x.dtype)

@@ -17,7 +17,7 @@ def forward_gradients(ys: Any, xs: Any, tangents: Any) -> list[Tensor]:
     ts_list, _ = _as_list(tangents)
     graph = _check_tensors("xs", xs_list, _check_tensors("ys", ys_list, None))
     active = active_nodes(graph, xs_list)
-    with graph.building(), graph.derivative_nodes():
+    with graph.building():
         tan: dict[int, Tensor] = {x.node.id: graph._as_tensor(t, "forward_gradients")
                                   for x, t in zip(xs_list, ts_list)}
         last = max(y.node.id for y in ys_list)

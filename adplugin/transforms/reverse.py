@@ -11,7 +11,7 @@ linear primitives need transpose rules, and the result is an ordinary graph: app
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,12 +31,13 @@ from adplugin.ir.graph import Graph, GraphError, Node, Tensor, no_cyclic_gc
 
 
 class LinearVar:
-    """Stands for a tangent while a JVP rule is traced for transposition."""
+    """Stands for a tangent while a JVP rule is traced for transposition; ops on it are
+    recorded on the tape it belongs to (no global state: the value carries its tape)."""
 
-    __slots__ = ("graph", "shape", "dtype", "weak_type")
+    __slots__ = ("tape", "shape", "dtype", "weak_type")
 
-    def __init__(self, graph: Graph, aval: Any):
-        self.graph = graph
+    def __init__(self, tape: _Tape, aval: Any):
+        self.tape = tape
         self.shape, self.dtype, self.weak_type = tuple(aval.shape), np.dtype(aval.dtype), False
 
     @property
@@ -45,19 +46,18 @@ class LinearVar:
 
 
 class _Tape:
+    """The linear equations recorded while one JVP rule is traced."""
+
     def __init__(self, graph: Graph):
         self.graph = graph
         self.eqns: list[tuple[Primitive, tuple[Any, ...], dict[str, Any], LinearVar]] = []
 
 
-_tapes: list[_Tape] = []
-
-
 def _linear_bind(prim: Primitive, args: Sequence[Any], params: dict[str, Any]) -> LinearVar:
-    tape = _tapes[-1]
+    tape = next(a.tape for a in args if type(a) is LinearVar)
     args = tuple(a if isinstance(a, (LinearVar, Tensor)) else tape.graph._as_tensor(a, prim.name)
                  for a in args)
-    out = LinearVar(tape.graph, _as_shape_dtype(prim.abstract_eval(*args, **params)))
+    out = LinearVar(tape, _as_shape_dtype(prim.abstract_eval(*args, **params)))
     tape.eqns.append((prim, args, params, out))
     return out
 
@@ -100,12 +100,8 @@ def _input_vjp(node: Node, i: int, ct: Tensor) -> Tensor | None:
     if rule is None:
         return None
     tape = _Tape(node.output.graph)
-    t = LinearVar(tape.graph, node.inputs[i])
-    _tapes.append(tape)
-    try:
-        result = rule(t, node.output, *node.inputs, **node.params)
-    finally:
-        _tapes.pop()
+    t = LinearVar(tape, node.inputs[i])
+    result = rule(t, node.output, *node.inputs, **node.params)
     return _transpose_tape(tape, t, result, ct)
 
 
@@ -113,12 +109,16 @@ def _is_float(t: Any) -> bool:
     return jx.kind_of(t.dtype) == "f"
 
 
-def active_nodes(graph: Graph, xs: Sequence[Tensor]) -> set[int]:
-    """Ids of nodes whose value depends differentiably on some x (the xs included)."""
+def active_nodes(graph: Graph, xs: Sequence[Tensor],
+                 only: Collection[int] | None = None) -> set[int]:
+    """Ids of nodes whose value depends differentiably on some x (the xs included), counting
+    only nodes in `only` when given (a tape's recorded nodes)."""
     active = {x.node.id for x in xs}
     start = min(active)
     for node in graph.nodes[start:]:
         if node.id in active or isinstance(node.op, str):
+            continue
+        if only is not None and node.id not in only:
             continue
         if node.op.jvp is ZERO_DERIVATIVE or not _is_float(node.output):
             continue
@@ -155,12 +155,14 @@ def filled_like(t: Tensor, value: float) -> Tensor:
 
 
 def gradients(ys: Any, xs: Any, grad_ys: Any = None,
-              unconnected_gradients: str = "none") -> list[Tensor | None]:
+              unconnected_gradients: str = "none",
+              only: Collection[int] | None = None) -> list[Tensor | None]:
     """Symbolic derivatives of sum(ys) with respect to each of `xs` (TensorFlow's semantics).
 
     `xs` may be placeholders or any intermediate tensor. `grad_ys` weights each y (ones by
     default). A gradient with no path from x to ys is None, or zeros with
     `unconnected_gradients="zero"`. The gradient nodes are added to the ys' graph.
+    `only` restricts the paths to the nodes it holds (what a gradient tape recorded).
     """
     ys_list, _ = _as_list(ys)
     xs_list, _ = _as_list(xs)
@@ -179,10 +181,10 @@ def gradients(ys: Any, xs: Any, grad_ys: Any = None,
     if len(gys) != len(ys_list):
         raise ValueError(message("gradients", "grad_ys does not match ys", f"{len(gys)} grad_ys",
                                  f"{len(ys_list)}, one per y", "give one weight tensor per y"))
-    active = active_nodes(graph, xs_list)
+    active = active_nodes(graph, xs_list, only)
     x_ids = {x.node.id for x in xs_list}
     cts: dict[int, Tensor] = {}
-    with graph.building(), graph.derivative_nodes(), no_cyclic_gc():
+    with graph.building(), no_cyclic_gc():
         for y, gy in zip(ys_list, gys):
             if y.node.id in active:
                 seed = filled_like(y, 1) if gy is None else graph._as_tensor(gy, "gradients")

@@ -83,8 +83,8 @@ class _Simplifier:
         hit = self.cse.get(key)
         if hit is not None:
             return hit
-        self.graph._role = node.role
-        t = self.graph._add(prim, tuple(inputs), node.params, _aval(node.output))
+        t = self.graph._add(prim, tuple(inputs), node.params, _aval(node.output),
+                            role=node.role)
         self.cse[key] = t
         if prim.name == "broadcast_in_dim" and self.value_of(inputs[0]) is not None:
             self.splat[t.node.id] = self.value_of(inputs[0])
