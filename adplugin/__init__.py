@@ -17,7 +17,7 @@ from adplugin._primitive import (
 )
 from adplugin.eager.function import function
 from adplugin.eager.recording import EagerTensor
-from adplugin.eager.tape import GradientTape
+from adplugin.eager.tape import GradientTape, UnconnectedGradients
 from adplugin.eager.variable import Variable
 from adplugin.frontends.trace import trace
 from adplugin.ir import operators as _operators  # noqa: F401  (Python operators on tensors)
@@ -27,6 +27,7 @@ from adplugin.ir.graph import (
     Node,
     Tensor,
     constant,
+    convert_to_tensor,
     get_default_graph,
     placeholder,
 )
@@ -92,7 +93,8 @@ __all__ = [
     "Graph", "GraphError", "Node", "Tensor", "constant", "get_default_graph", "placeholder",
     "trace", "gradients", "hessians", "forward_gradients", "simplify",
     # eager
-    "Variable", "GradientTape", "EagerTensor", "function", "optimizers",
+    "Variable", "GradientTape", "EagerTensor", "UnconnectedGradients", "convert_to_tensor",
+    "function", "optimizers",
 ]
 
 from adplugin import optimizers  # noqa: E402  (needs optax)

@@ -27,7 +27,6 @@ from adplugin._lru import LRU
 from adplugin.eager.recording import EagerTensor
 from adplugin.eager.variable import Cell, Variable
 
-
 _DYNAMIC = object()  # marks, among arguments and results, the places of traced arrays
 
 

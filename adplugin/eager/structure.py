@@ -28,7 +28,7 @@ class Prefix:
 
     def __init__(self, parent: Prefix | None):
         self.parent = parent
-        self.depth = 0 if parent is None else parent.depth + 1
+        self.depth: int = 0 if parent is None else parent.depth + 1
         self._children: weakref.WeakValueDictionary[Any, Prefix] = weakref.WeakValueDictionary()
 
     def extend(self, entry: Any) -> Prefix:

@@ -142,7 +142,7 @@ class GradientTape:
         if isinstance(x, Variable):
             self._watched_vars[x] = None
             self._watch_node(rec, rec.variable_leaf(x))
-        elif type(x) is EagerTensor and x.recording is rec:
+        elif type(x) is EagerTensor and x.recording is rec and x.node is not None:
             self._watch_node(rec, x.node)
         elif isinstance(x, (jax.Array, np.ndarray, EagerTensor)) or jx.is_tracer(x):
             self._watch_node(rec, rec.leaf(x))
@@ -237,13 +237,13 @@ class GradientTape:
         """The recorded nodes a source stands for (every version read of a variable)."""
         if isinstance(s, Variable):
             return list(rec.variable_leaves.get(s, ()))
-        if type(s) is EagerTensor and s.recording is rec:
+        if type(s) is EagerTensor and s.recording is rec and s.node is not None:
             return [s.node]
         leaf = rec.leaf_if_seen(s)
         return [leaf] if leaf is not None and rec.tracks(s) else []
 
     def _target_node(self, rec: Recording, y: Any) -> Tensor | None:
-        if type(y) is EagerTensor and y.recording is rec:
+        if type(y) is EagerTensor and y.recording is rec and y.node is not None:
             return y.node
         if isinstance(y, Variable):
             leaves = rec.variable_leaves.get(y)

@@ -289,6 +289,7 @@ def needed_nodes(graph: Graph, outputs: Sequence[Tensor] | None,
 
 from adplugin._primitive import Linear  # noqa: E402  (after Tensor: no cycle at import)
 
+
 def get_default_graph() -> Graph:
     """The innermost `with ap.Graph():` graph of this thread or task."""
     scope = _context.current()
@@ -322,6 +323,14 @@ def constant(value: Any, dtype: Any = None, name: str | None = None) -> Any:
     from adplugin.eager.recording import eager_constant
 
     return eager_constant(value, dtype)
+
+
+def convert_to_tensor(value: Any, dtype: Any = None) -> Any:
+    """`value` as a tensor: graph tensors and eager tensors as they are; anything else a
+    constant (of the graph being built, or eager outside graphs)."""
+    if isinstance(value, Tensor) or type(value).__name__ == "EagerTensor" and dtype is None:
+        return value
+    return constant(value, dtype)
 
 
 def _graph_bind(prim: Primitive, args: Sequence[Any], params: dict[str, Any]) -> Any:

@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 import jax
 import numpy as np
 
+from adplugin import _context
 from adplugin import _jax_adapter as jx
 from adplugin._errors import axis_error, shape_error, type_error
-from adplugin import _context
 from adplugin._primitive import get_primitive, is_symbolic, scope_taker
 
 F = TypeVar("F", bound=Callable[..., Any])
