@@ -15,6 +15,7 @@ from adplugin._primitive import (
     get_primitive,
     list_primitives,
 )
+from adplugin.eager.explain import explain_gradient
 from adplugin.eager.function import function
 from adplugin.eager.recording import EagerTensor
 from adplugin.eager.tape import GradientTape, UnconnectedGradients
@@ -94,7 +95,7 @@ __all__ = [
     "trace", "gradients", "hessians", "forward_gradients", "simplify",
     # eager
     "Variable", "GradientTape", "EagerTensor", "UnconnectedGradients", "convert_to_tensor",
-    "function", "optimizers",
+    "explain_gradient", "function", "optimizers",
 ]
 
 from adplugin import optimizers  # noqa: E402  (needs optax)

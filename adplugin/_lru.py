@@ -45,8 +45,14 @@ class LRU(Generic[V]):
         with self._lock:
             return list(self._data.values())
 
+    def keys(self) -> list[Hashable]:
+        """The cached keys, least recently used first (a copy: safe while others insert)."""
+        with self._lock:
+            return list(self._data)
+
     def __len__(self) -> int:
-        return len(self._data)
+        with self._lock:
+            return len(self._data)
 
     def clear(self) -> None:
         with self._lock:

@@ -1,21 +1,28 @@
-"""`ap.optimizers`: Keras-style optimizers over variables, a thin adapter over optax.
+"""`ap.optimizers`: Keras' optimizers over `ap.Variable`s, with Keras' formulas and semantics.
 
     opt = ap.optimizers.Adam(learning_rate=0.1)
     opt.apply_gradients(zip(grads, variables))
 
 Each variable has its own optimizer state (as Keras' slots), held weakly: a variable that dies
 takes its state with it, and a new variable never inherits another's. A `None` gradient skips
-that variable only. The update of all the variables given is one jitted step; the learning rate
-is an input of that step (a number, or an optax schedule of the iteration count), so changing
-it never recompiles. Inside `ap.function` the update compiles into the function's program.
+that variable only (with a warning, as Keras); `apply_gradients([])` is a no-op; gradients that
+are all `None` are an error ("No gradients provided for any variable"). The update of all the
+variables given is one jitted step; the learning rate is an input of that step (a number, a
+zero-argument callable, or an optax schedule of `iterations`), so changing it never
+recompiles. Inside `ap.function` the update compiles into the function's program.
 
-Any optax `GradientTransformation` works through `Optimizer(transform)`; it is applied to each
-variable on its own. Transformations that couple variables (global-norm clipping) are the
-`global_clipnorm` option of the named optimizers.
+The named optimizers compute what Keras 3 computes, step for step (Adam's epsilon outside the
+bias correction, momentum that carries the learning rate, decoupled `weight_decay` before the
+update, one of `clipnorm` / `clipvalue` / `global_clipnorm`). Any optax
+`GradientTransformation` works through `Optimizer(transform)`, applied to each variable on its
+own (the clipping and weight-decay options apply to it too).
 """
 
 from __future__ import annotations
 
+import inspect
+import re
+import warnings
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -34,7 +41,7 @@ except ImportError as e:  # pragma: no cover - optax is a declared dependency
 
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop"]
 
-LearningRate = float | Callable[[Any], Any]
+LearningRate = float | Callable[..., Any]
 
 
 class _Slot(Cell):
@@ -43,23 +50,48 @@ class _Slot(Cell):
     __slots__ = ()
 
 
-class Optimizer:
-    """Applies an optax transformation to `ap.Variable`s, each with its own state.
+def _takes_no_argument(fn: Callable[..., Any]) -> bool:
+    """A Keras-style callable learning rate (`lambda: 0.1`), as opposed to a schedule."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    return not any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                   for p in sig.parameters.values())
 
-    `Optimizer(transform)` takes a ready optax transformation; the named subclasses build
-    theirs from a learning rate (readable and settable as `learning_rate`; an optax schedule
-    is evaluated at `iterations`).
+
+def _check_range(op: str, name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ValueError(message(op, f"`{name}` must be in [{low}, {high}]", value,
+                                 f"a float in [{low}, {high}]", f"pass a valid `{name}`"))
+
+
+class Optimizer:
+    """Applies an update rule to `ap.Variable`s, each with its own state.
+
+    `Optimizer(transform)` takes a ready optax transformation; the named subclasses implement
+    Keras' rules from a learning rate (readable and settable as `learning_rate`; an optax
+    schedule is evaluated at `iterations`, a zero-argument callable at each step).
     """
 
     def __init__(self, transform: Any = None, *, learning_rate: LearningRate | None = None,
-                 make: Callable[[Any], Any] | None = None, clipnorm: float | None = None,
+                 weight_decay: float | None = None, clipnorm: float | None = None,
                  clipvalue: float | None = None, global_clipnorm: float | None = None):
-        if (transform is None) == (make is None):
-            raise TypeError("Optimizer: pass an optax transformation, or (in subclasses) a "
-                            "factory of one from the learning rate")
-        self._make = make if make is not None else (lambda lr: transform)
+        name = type(self).__name__
+        if (transform is None) == (learning_rate is None):
+            raise TypeError(message(name, "pass an optax transformation, or (the named "
+                                    "optimizers) a learning rate", "both or neither", "one",
+                                    "ap.optimizers.Optimizer(optax.adam(1e-3)) or Adam(1e-3)"))
+        if sum(c is not None for c in (clipnorm, clipvalue, global_clipnorm)) > 1:
+            raise ValueError(message(name, "Only one of `clipnorm`, `clipvalue` and "
+                                     "`global_clipnorm` can be set", "more than one",
+                                     "at most one", "pick one clipping rule"))
+        self._transform = transform
         self._learning_rate = learning_rate
-        self._clip = (clipnorm, clipvalue, global_clipnorm)
+        self.weight_decay = None if weight_decay is None else float(weight_decay)
+        self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
+        self._excluded_ids: weakref.WeakSet[Variable] = weakref.WeakSet()
+        self._excluded_names: list[str] = []
         self._slots: weakref.WeakKeyDictionary[Variable, _Slot] = weakref.WeakKeyDictionary()
         self._iterations = _Slot(jnp.zeros((), jnp.int32))
         self._step = jax.jit(self._update, static_argnames=("schedule",))
@@ -68,6 +100,7 @@ class Optimizer:
 
     @property
     def iterations(self) -> int:
+        """How many steps were applied (Keras' `optimizer.iterations`)."""
         return int(self._iterations._stored)
 
     @property
@@ -77,76 +110,101 @@ class Optimizer:
         if lr is None:
             raise AttributeError("this optimizer wraps a ready optax transformation: its "
                                  "learning rate is inside it")
-        return float(lr(self._iterations._stored)) if callable(lr) else float(lr)
+        if callable(lr):
+            return float(lr() if _takes_no_argument(lr) else lr(self._iterations._stored))
+        return float(lr)
 
     @learning_rate.setter
     def learning_rate(self, value: LearningRate) -> None:
         if self._learning_rate is None:
             raise AttributeError("this optimizer wraps a ready optax transformation: build a "
                                  "new one to change its learning rate")
-        if not callable(value):
-            value = float(value)
-        self._learning_rate = value
+        self._learning_rate = value if callable(value) else float(value)
 
     def _schedule(self) -> Any:
         lr = self._learning_rate
-        return lr if callable(lr) else None
+        return lr if callable(lr) and not _takes_no_argument(lr) else None
 
     def _lr_input(self) -> Any:
         lr = self._learning_rate
-        if lr is None or callable(lr):
+        if lr is None or self._schedule() is not None:
             return jnp.zeros((), jnp.float32)  # unused: the step evaluates the schedule
-        return jnp.asarray(lr, jnp.float32)
+        return jnp.asarray(lr() if callable(lr) else lr, jnp.float32)
 
-    # --- the update -----------------------------------------------------------------------------
+    def exclude_from_weight_decay(self, var_list: Iterable[Variable] | None = None,
+                                  var_names: Iterable[str] | None = None) -> None:
+        """Keep these variables (or those whose name matches one of the patterns) out of
+        weight decay (Keras' method)."""
+        self._excluded_ids.update(var_list or ())
+        self._excluded_names.extend(var_names or ())
+
+    def _decays(self, variables: list[Variable]) -> list[float]:
+        wd = self.weight_decay or 0.0
+        return [0.0 if v in self._excluded_ids or
+                any(re.search(n, v.name) for n in self._excluded_names) else wd
+                for v in variables]
+
+    # --- the update rule (the named optimizers override these two) ------------------------------
+
+    def _init_state(self, param: Any) -> Any:
+        return self._transform.init(param)
+
+    def _update_one(self, grad: Any, state: Any, param: Any, lr: Any, step: Any
+                    ) -> tuple[Any, Any]:
+        """The new value of one variable and its new state; `step` is iterations + 1."""
+        updates, state = self._transform.update(grad, state, param)
+        return optax.apply_updates(param, updates), state
+
+    # --- the step -------------------------------------------------------------------------------
 
     def _update(self, grads: list[Any], states: list[Any], params: list[Any], lr: Any,
-                count: Any, schedule: Any) -> tuple[list[Any], list[Any]]:
+                count: Any, decays: list[Any], schedule: Any) -> tuple[list[Any], list[Any]]:
         if schedule is not None:
             lr = schedule(count)
         grads = self._clipped(grads)
-        transform = self._make(lr)
         new_params, new_states = [], []
-        for g, s, p in zip(grads, states, params):
-            updates, s = transform.update(g, s, p)
-            new_params.append(optax.apply_updates(p, updates))
+        for g, s, p, wd in zip(grads, states, params, decays):
+            plr = jnp.asarray(lr, p.dtype)
+            p = p - p * (wd * plr).astype(p.dtype)  # decoupled weight decay, before the rule
+            p, s = self._update_one(g, s, p, plr, (count + 1).astype(p.dtype))
+            new_params.append(p)
             new_states.append(s)
         return new_params, new_states
 
     def _clipped(self, grads: list[Any]) -> list[Any]:
-        clipnorm, clipvalue, global_clipnorm = self._clip
-        if clipvalue is not None:
-            grads = [jnp.clip(g, -clipvalue, clipvalue) for g in grads]
-        if clipnorm is not None:
-            grads = [g * jnp.minimum(1.0, clipnorm / jnp.maximum(jnp.linalg.norm(g), 1e-12))
-                     for g in grads]
-        if global_clipnorm is not None:
-            norm = optax.global_norm(grads)
-            grads = [g * jnp.minimum(1.0, global_clipnorm / jnp.maximum(norm, 1e-12))
-                     for g in grads]
+        if self.clipvalue is not None:
+            grads = [jnp.clip(g, -self.clipvalue, self.clipvalue) for g in grads]
+        if self.clipnorm is not None:
+            grads = [_scaled_to_norm(g, jnp.linalg.norm(g), self.clipnorm) for g in grads]
+        if self.global_clipnorm is not None:
+            norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in grads))  # the global norm
+            grads = [_scaled_to_norm(g, norm, self.global_clipnorm) for g in grads]
         return grads
 
     def _slot(self, v: Variable) -> _Slot:
         slot = self._slots.get(v)
         if slot is None:  # from the committed value: the state's shape, never a traced value
-            slot = self._slots[v] = _Slot(self._make(self._lr_input()).init(v._stored))
+            slot = self._slots[v] = _Slot(self._init_state(v._stored))
         return slot
 
     def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Variable]]) -> None:
-        """One optimizer step. Pairs whose gradient is None are skipped (that variable only);
-        no pairs at all is a no-op."""
-        pairs = [(g, v) for g, v in grads_and_vars if g is not None]
+        """One optimizer step. Pairs whose gradient is None are skipped (that variable only,
+        with a warning); no pairs at all is a no-op; only None gradients is an error."""
+        given = list(grads_and_vars)
+        pairs = [(g, v) for g, v in given if g is not None]
         for g, v in pairs:
             _check_pair(g, v)
-        if not pairs:
+        if not given:
             return
+        _check_some_gradients(given, pairs)
         variables = [v for _, v in pairs]
         grads = [_gradient_value(g, v) for g, v in pairs]
         slots = [self._slot(v) for v in variables]
         count = self._iterations._read()
         new_params, new_states = self._step(grads, [s._read() for s in slots],
                                             [v.value for v in variables], self._lr_input(),
-                                            count, schedule=self._schedule())
+                                            count, self._decays(variables),
+                                            schedule=self._schedule())
         for v, p in zip(variables, new_params):
             v.assign(p)
         for s, st in zip(slots, new_states):
@@ -203,48 +261,139 @@ def _gradient_value(g: Any, v: Variable) -> Any:
     return jnp.asarray(g, v.dtype)
 
 
+def _scaled_to_norm(g: Any, norm: Any, limit: float) -> Any:
+    """g scaled down so that `norm` would be at most `limit` (Keras' clip_by_norm)."""
+    return g * jnp.minimum(1.0, limit / jnp.maximum(norm, 1e-12)).astype(g.dtype)
+
+
+def _check_some_gradients(given: list[tuple[Any, Any]], pairs: list[tuple[Any, Any]]) -> None:
+    if not pairs:
+        raise ValueError(message(
+            "Optimizer.apply_gradients", "No gradients provided for any variable",
+            [getattr(v, "name", repr(v)) for _, v in given], "at least one gradient",
+            "check that the loss depends on the variables through recorded ap ops (the tape "
+            "gives None for each variable it does not depend on)"))
+    if len(pairs) < len(given):
+        missing = [getattr(v, "name", repr(v)) for g, v in given if g is None]
+        warnings.warn(f"Gradients do not exist for variables {missing} when minimizing the "
+                      "loss: they are left as they are", stacklevel=3)
+
+
 class SGD(Optimizer):
-    """Stochastic gradient descent, with optional (Nesterov) momentum."""
+    """Gradient descent with optional (Nesterov) momentum, as Keras: the velocity
+    m = momentum * m - lr * g, then w += m (Nesterov: w += momentum * m - lr * g)."""
 
     def __init__(self, learning_rate: LearningRate = 0.01, momentum: float = 0.0,
-                 nesterov: bool = False, **clipping: Any):
-        super().__init__(learning_rate=learning_rate, make=lambda lr: optax.sgd(
-            lr, momentum=momentum or None, nesterov=nesterov), **clipping)
+                 nesterov: bool = False, **options: Any):
+        _check_range("SGD", "momentum", momentum, 0.0, 1.0)
+        super().__init__(learning_rate=learning_rate, **options)
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+
+    def _init_state(self, param: Any) -> Any:
+        return jnp.zeros_like(param) if self.momentum else ()
+
+    def _update_one(self, grad: Any, state: Any, param: Any, lr: Any, step: Any
+                    ) -> tuple[Any, Any]:
+        if not self.momentum:
+            return param - lr * grad, state
+        m = self.momentum * state - lr * grad
+        step_by = self.momentum * m - lr * grad if self.nesterov else m
+        return param + step_by, m
 
 
 class Adam(Optimizer):
-    """Adam (Kingma and Ba, 2015)."""
+    """Adam (Kingma and Ba, 2015) as Keras computes it: m and v moving averages, then
+    w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + epsilon); with `amsgrad`, v is the
+    running maximum of the v's."""
 
     def __init__(self, learning_rate: LearningRate = 0.001, beta_1: float = 0.9,
-                 beta_2: float = 0.999, epsilon: float = 1e-7, **clipping: Any):
-        super().__init__(learning_rate=learning_rate, make=lambda lr: optax.adam(
-            lr, b1=beta_1, b2=beta_2, eps=epsilon), **clipping)
+                 beta_2: float = 0.999, epsilon: float = 1e-7, amsgrad: bool = False,
+                 **options: Any):
+        super().__init__(learning_rate=learning_rate, **options)
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.amsgrad = bool(amsgrad)
+
+    def _init_state(self, param: Any) -> Any:
+        zeros = jnp.zeros_like(param)
+        return (zeros, zeros, zeros) if self.amsgrad else (zeros, zeros)
+
+    def _update_one(self, grad: Any, state: Any, param: Any, lr: Any, step: Any
+                    ) -> tuple[Any, Any]:
+        b1, b2 = self.beta_1, self.beta_2
+        m = state[0] + (grad - state[0]) * (1 - b1)
+        v = state[1] + (jnp.square(grad) - state[1]) * (1 - b2)
+        alpha = lr * jnp.sqrt(1 - b2 ** step) / (1 - b1 ** step)
+        if self.amsgrad:
+            v_hat = jnp.maximum(state[2], v)
+            return param - m * alpha / (jnp.sqrt(v_hat) + self.epsilon), (m, v, v_hat)
+        return param - m * alpha / (jnp.sqrt(v) + self.epsilon), (m, v)
 
 
-class AdamW(Optimizer):
-    """Adam with decoupled weight decay."""
+class AdamW(Adam):
+    """Adam with decoupled weight decay (w -= lr * weight_decay * w before each step)."""
 
     def __init__(self, learning_rate: LearningRate = 0.001, weight_decay: float = 0.004,
                  beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7,
-                 **clipping: Any):
-        super().__init__(learning_rate=learning_rate, make=lambda lr: optax.adamw(
-            lr, b1=beta_1, b2=beta_2, eps=epsilon, weight_decay=weight_decay), **clipping)
+                 amsgrad: bool = False, **options: Any):
+        if not isinstance(weight_decay, (int, float)) or isinstance(weight_decay, bool):
+            raise ValueError(message("AdamW", "Argument `weight_decay` must be a float. "
+                                     f"Received: weight_decay={weight_decay}", weight_decay,
+                                     "a float", "pass weight_decay=0.004 (say)"))
+        super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
+                         epsilon=epsilon, amsgrad=amsgrad, weight_decay=weight_decay, **options)
 
 
 class RMSprop(Optimizer):
-    """RMSprop."""
+    """RMSprop as Keras: v = rho * v + (1 - rho) * g^2 (centered: minus the squared moving
+    average of g), step = lr * g / sqrt(v + epsilon), through a momentum buffer if any."""
 
     def __init__(self, learning_rate: LearningRate = 0.001, rho: float = 0.9,
-                 momentum: float = 0.0, epsilon: float = 1e-7, **clipping: Any):
-        super().__init__(learning_rate=learning_rate, make=lambda lr: optax.rmsprop(
-            lr, decay=rho, eps=epsilon, momentum=momentum or None), **clipping)
+                 momentum: float = 0.0, epsilon: float = 1e-7, centered: bool = False,
+                 **options: Any):
+        _check_range("RMSprop", "rho", rho, 0.0, 1.0)
+        _check_range("RMSprop", "momentum", momentum, 0.0, 1.0)
+        if not epsilon > 0:
+            raise ValueError(message("RMSprop", "`epsilon` must be positive", epsilon,
+                                     "a small positive float", "pass epsilon=1e-7 (say)"))
+        super().__init__(learning_rate=learning_rate, **options)
+        self.rho, self.momentum, self.epsilon = float(rho), float(momentum), float(epsilon)
+        self.centered = bool(centered)
+
+    def _init_state(self, param: Any) -> Any:
+        zeros = jnp.zeros_like(param)
+        return (zeros, zeros if self.momentum else (), zeros if self.centered else ())
+
+    def _update_one(self, grad: Any, state: Any, param: Any, lr: Any, step: Any
+                    ) -> tuple[Any, Any]:
+        velocity, momentum, average = state
+        rho = self.rho
+        velocity = rho * velocity + (1 - rho) * jnp.square(grad)
+        denominator = velocity
+        if self.centered:
+            average = rho * average + (1 - rho) * grad
+            denominator = velocity - jnp.square(average)
+        increment = lr * grad / jnp.sqrt(denominator + self.epsilon)
+        if self.momentum:
+            momentum = self.momentum * momentum + increment
+            increment = momentum
+        return param - increment, (velocity, momentum, average)
 
 
 class Adagrad(Optimizer):
-    """Adagrad."""
+    """Adagrad as Keras: a = a + g^2 (from `initial_accumulator_value`), then
+    w -= lr * g / sqrt(a + epsilon)."""
 
     def __init__(self, learning_rate: LearningRate = 0.001,
                  initial_accumulator_value: float = 0.1, epsilon: float = 1e-7,
-                 **clipping: Any):
-        super().__init__(learning_rate=learning_rate, make=lambda lr: optax.adagrad(
-            lr, initial_accumulator_value=initial_accumulator_value, eps=epsilon), **clipping)
+                 **options: Any):
+        super().__init__(learning_rate=learning_rate, **options)
+        self.initial_accumulator_value = float(initial_accumulator_value)
+        self.epsilon = float(epsilon)
+
+    def _init_state(self, param: Any) -> Any:
+        return jnp.full_like(param, self.initial_accumulator_value)
+
+    def _update_one(self, grad: Any, state: Any, param: Any, lr: Any, step: Any
+                    ) -> tuple[Any, Any]:
+        accumulator = state + jnp.square(grad)
+        return param - lr * grad / jnp.sqrt(accumulator + self.epsilon), accumulator

@@ -3,15 +3,21 @@ assignments) into one XLA program, traced once per input signature.
 
 The function is made pure and handed to `jax.jit`: every piece of mutable state it touches
 (variables, optimizer slots: `Cell`s) becomes an input of the compiled program, and every one
-it writes becomes an output, stored back after each call. Which cells a function touches is
-found by tracing it: a trace that meets a cell it was not given stops, and the function is
-traced again with that cell as an input (TensorFlow's tf.function captures variables the same
-way). So every call reads the current values and applies its updates.
+it writes becomes an output, stored back after each call. So every call reads the current
+values and applies its updates; inside a call, a read after an assignment sees the new value.
+
+Which cells a function touches is found by tracing it: a trace that meets a cell it was not
+given stops (before anything is compiled), and the function is traced again with that cell as
+an input (TensorFlow's tf.function captures variables the same way). State the function
+creates while it traces (an optimizer's slots on the first step) gets its initial value from
+the traced program itself: that first program runs once (so the first call applies its update
+too), stores the new state, and the next call traces again with the state as inputs.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 import weakref
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -43,12 +49,20 @@ class _Retrace(Exception):
 
 
 class Frame:
-    """The values of cells inside one trace of a function (the scope's `frame`)."""
+    """The values of cells inside one trace of a function (the scope's `frame`).
+
+    `values` holds each cell's value in the trace: its input, then whatever was written;
+    `discovered` the cells met that are not inputs (read at their stored value); `created`
+    the cells made inside the trace from traced values (their initial value is computed by
+    the program).
+    """
 
     def __init__(self, cells: list[Cell], values: list[Any]):
         self.values: dict[Cell, Any] = dict(zip(cells, values))
+        self.inputs = frozenset(cells)
         self.written: dict[Cell, None] = {}
         self.discovered: dict[Cell, None] = {}
+        self.created: dict[Cell, None] = {}
 
     def read(self, cell: Cell) -> Any:
         if cell in self.values:
@@ -64,39 +78,52 @@ class Frame:
         self.values[cell] = value
         self.written[cell] = None
 
+    def create(self, cell: Cell, value: Any) -> None:
+        self.created[cell] = None
+        self.values[cell] = value
+
+    def stored_after(self) -> list[Cell]:
+        """The cells whose values the program returns: those written, and those created."""
+        return [*self.written, *(c for c in self.created if c not in self.written)]
+
 
 class _Trace:
     """One input signature's compiled program and the cells it takes."""
 
-    def __init__(self, fn: Callable[..., Any], tree: Any, statics: list[Any],
+    def __init__(self, owner: Function, tree: Any, statics: list[Any],
                  known: list[weakref.ref[Cell]]):
         # statics: the static arguments, with _DYNAMIC where the traced arrays go; known: the
         # cells other signatures' traces met (likely these too: saves a retrace)
-        self.fn, self.tree, self.statics = fn, tree, statics
+        self.owner, self.tree, self.statics = owner, tree, statics
         self.cells: list[weakref.ref[Cell]] = [r for r in known if r() is not None]
-        self.written: list[int] = []  # positions (in cells) of the cells the program writes
+        self.stored: list[weakref.ref[Cell]] = []  # the cells the program's outputs go to
+        self.pending: list[Cell] = []  # cells to take as inputs from the next call on
         self.out_tree: Any = None
         self.out_statics: list[Any] = []
-        self._jitted = self._make_jitted()
-
-    def _make_jitted(self) -> Any:
-        return jax.jit(self._pure)
+        self._jitted = jax.jit(self._pure)
+        self._lock = threading.Lock()  # one call at a time: calls read and write the cells
 
     def _pure(self, cell_values: list[Any], dynamic: list[Any]) -> Any:
         cells = self._live_cells()
         frame = Frame(cells, cell_values)
-        args = _merge(self.statics, dynamic)
+        # traced arrays arrive as eager tensors, as tf.function hands Tensors: their Python
+        # operators are adplugin's, so a tape inside records them
+        tensors = [EagerTensor(None, None, d) for d in dynamic]
+        args = jax.tree.unflatten(self.tree, _merge(self.statics, tensors))
+        self.owner.tracing_count += 1
         with _context.scoped(frame, frame=frame, graph=None, recording=None, paused=False):
-            out = self.fn(*jax.tree.unflatten(self.tree, args))
-        flat, self.out_tree = jax.tree.flatten(out, is_leaf=_is_output_leaf)
-        if frame.discovered:
+            out = self.owner.fn(*args)
+        if frame.discovered and not frame.created:
             raise _Retrace(list(frame.discovered))
-        position = {c: i for i, c in enumerate(cells)}
-        self.written = [position[c] for c in frame.written]
+        # cells created here hold traced values: this program runs once to give them their
+        # first values; the next call traces again with them (and any discovered) as inputs
+        self.pending = [*frame.discovered, *frame.created]
+        stored = frame.stored_after()
+        self.stored = [weakref.ref(c) for c in stored]
+        flat, self.out_tree = jax.tree.flatten(out, is_leaf=_is_output_leaf)
         outs = [_output_value(x) for x in flat]
         self.out_statics = [_DYNAMIC if _is_dynamic_out(x) else x for x in outs]
-        return ([x for x in outs if _is_dynamic_out(x)],
-                [frame.values[cells[i]] for i in self.written])
+        return [x for x in outs if _is_dynamic_out(x)], [frame.values[c] for c in stored]
 
     def _live_cells(self) -> list[Cell]:
         cells = [r() for r in self.cells]
@@ -107,18 +134,31 @@ class _Trace:
                 "keep the variables referenced, or make a new ap.function"))
         return cells  # type: ignore[return-value]
 
+    def _take(self, more: list[Cell]) -> None:
+        """Trace again with `more` cells as inputs."""
+        known = {r() for r in self.cells}
+        self.cells += [weakref.ref(c) for c in more if c not in known]
+        self.pending = []
+        self._jitted = jax.jit(self._pure)
+
     def __call__(self, dynamic: list[Any]) -> Any:
+        with self._lock:
+            return self._call(dynamic)
+
+    def _call(self, dynamic: list[Any]) -> Any:
         while True:
             cells = self._live_cells()
             try:
-                outs, written = self._jitted([c._stored for c in cells], dynamic)
+                outs, values = self._jitted([c._stored for c in cells], dynamic)
                 break
             except _Retrace as more:
-                known = set(cells)
-                self.cells += [weakref.ref(c) for c in more.cells if c not in known]
-                self._jitted = self._make_jitted()
-        for i, value in zip(self.written, written):
-            cells[i]._write(value)
+                self._take(more.cells)
+        for ref, value in zip(self.stored, values):
+            cell = ref()
+            if cell is not None:
+                cell._write(value)
+        if self.pending:
+            self._take(self.pending)
         it = iter(outs)
         return jax.tree.unflatten(self.out_tree, [next(it) if s is _DYNAMIC else s
                                                   for s in self.out_statics])
@@ -127,27 +167,40 @@ class _Trace:
 class Function:
     """A Python function of `ap.*` ops (tapes, optimizers and assignments included), compiled
     per input signature: the arguments' structure with each array's shape and dtype (other
-    arguments by value). Inside an active gradient tape it runs op by op instead, so the tape
-    records it; inside a JAX transformation it is inlined."""
+    arguments by value). Inside an active gradient tape or a graph being built it runs op by
+    op instead, so the tape or graph records it; inside a JAX transformation it is inlined.
+
+    `tracing_count` counts the traces of the Python function (TensorFlow's
+    `experimental_get_tracing_count()`).
+    """
 
     def __init__(self, fn: Callable[..., Any], max_traces: int = 64):
         self.fn = fn
+        self.tracing_count = 0
         self._traces: LRU[_Trace] = LRU(max_traces)
         self._known: dict[Any, weakref.ref[Cell]] = {}  # id-free: keyed by the weakref itself
         functools.update_wrapper(self, fn)
 
+    def experimental_get_tracing_count(self) -> int:
+        return self.tracing_count
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        """As a method: the instance is a static argument (one trace per instance)."""
+        return self if obj is None else functools.partial(self, obj)
+
     def __call__(self, *args: Any) -> Any:
         scope = _context.effective()
-        if scope is not None and (scope.recording is not None or scope.graph is not None):
-            return self.fn(*args)
+        if scope is not None and ((scope.recording is not None and not scope.paused)
+                                  or scope.graph is not None or scope.frame is not None):
+            return self.fn(*args)  # recorded op by op, or part of an enclosing trace
         if not jx.at_top_level():
-            return self.fn(*args)
+            return self.fn(*args)  # inlined into the JAX transformation
         flat, tree = jax.tree.flatten(args, is_leaf=_is_output_leaf)
-        dynamic = [_input_value(x) for x in flat if _is_array_like(x)]
-        statics = [_DYNAMIC if _is_array_like(x) else x for x in flat]
+        dynamic = [_input_value(x) for x in flat if _is_array(x)]
+        statics = [_DYNAMIC if _is_array(x) else x for x in flat]
         key = self._signature(tree, flat, dynamic)
         trace = self._traces.get_or_build(
-            key, lambda: _Trace(self.fn, tree, statics, list(self._known.values())))
+            key, lambda: _Trace(self, tree, statics, list(self._known.values())))
         try:
             return trace(dynamic)
         finally:
@@ -157,7 +210,7 @@ class Function:
     def _signature(self, tree: Any, flat: list[Any], dynamic: list[Any]) -> Hashable:
         parts: list[Any] = []
         for x in flat:
-            if _is_array_like(x):
+            if _is_array(x):
                 continue
             try:
                 hash(x)
@@ -172,12 +225,6 @@ class Function:
         return (tree, tuple(parts), types, jx.config_key())
 
 
-def _is_array_like(x: Any) -> bool:
-    """Traced arguments; variables are not: they pass as themselves (cells the program reads
-    and writes), keyed by identity."""
-    return _is_array(x)
-
-
 def _input_value(x: Any) -> Any:
     if isinstance(x, EagerTensor):
         return x.materialized
@@ -185,6 +232,8 @@ def _input_value(x: Any) -> Any:
 
 
 def _is_output_leaf(x: Any) -> bool:
+    """Arrays and variables; variables pass as themselves (cells the program reads and
+    writes, static arguments keyed by identity)."""
     return _is_array(x) or isinstance(x, Variable)
 
 

@@ -132,7 +132,7 @@ class _WarmSignatures:
             self._lru.get_or_build(s, lambda: True)
 
     def keys(self) -> set[Any]:
-        return set(self._lru._data)
+        return set(self._lru.keys())
 
 
 _warm = _WarmSignatures(4096)

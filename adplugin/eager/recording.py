@@ -11,6 +11,8 @@ structure is seen and compiled into one XLA executable from then on (`program.Pr
 from __future__ import annotations
 
 import bisect
+import os
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +25,12 @@ from adplugin import _context
 from adplugin import _jax_adapter as jx
 from adplugin._errors import DerivativeError, message
 from adplugin._operator_types import ConcreteValueMethods, OperatorMethods
-from adplugin._primitive import Primitive, register_scope_taker, register_symbolic_type
+from adplugin._primitive import (
+    ZERO_DERIVATIVE,
+    Primitive,
+    register_scope_taker,
+    register_symbolic_type,
+)
 from adplugin.eager import structure
 from adplugin.eager.program import INTERPRET_LIMIT, Program, cached_program
 from adplugin.eager.variable import Variable, jax_read_guards
@@ -52,6 +59,9 @@ class Recording:
         self.prefix_at: dict[int, structure.Prefix] = {}  # node id -> prefix right after it
         self.sidx: dict[int, int] = {}  # node id -> its position in the structure
         self._registered_upto = 0  # nodes below this index are registered (or skipped)
+        # node id -> the user's "file:line" that recorded it, kept for the nodes that explain a
+        # None gradient (stop_gradient, integer outputs, arrays entering unwatched)
+        self.where: dict[int, str] = {}
         self.lock = threading.RLock()
 
     # --- structure ------------------------------------------------------------------------------
@@ -90,6 +100,8 @@ class Recording:
 
     def _new_leaf(self, value: Any, name: str) -> Tensor:
         t = self.graph.placeholder(np.shape(value), value.dtype, name=name)
+        if name == "arg":
+            self.where[t.node.id] = user_site()
         self.leaves.append(t)
         self.values[t.node.id] = value
         self.register_new_nodes()
@@ -151,6 +163,8 @@ class Recording:
         with self.lock:
             inputs = [self.to_graph(a) for a in args]
             out = self.graph.apply(prim, inputs, params)
+            if prim.jvp is ZERO_DERIVATIVE or out.dtype.kind not in "fc":
+                self.where[out.node.id] = user_site()  # a cut in derivative paths: keep where
             self.register_new_nodes()
             return EagerTensor(self, out)
 
@@ -203,6 +217,19 @@ class Recording:
     def _traced(self) -> bool:
         """Whether leaf values are JAX tracers (recording inside `ap.function`'s trace)."""
         return bool(self.leaves) and jx.is_tracer(self.values[self.leaves[-1].node.id])
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def user_site() -> str:
+    """"file:line" of the innermost frame outside adplugin (where the user's code called)."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return "<unknown>"
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
 class EagerTensor(OperatorMethods, ConcreteValueMethods):
@@ -304,15 +331,19 @@ def _bind(prim: Primitive, args: Sequence[Any], params: dict[str, Any]) -> Any:
     """Ops on variables and eager tensors: recorded when a tape watches them; read nodes in a
     graph being built; otherwise computed now."""
     scope = _context.effective()
+    graph = next((a.graph for a in args if type(a) is Tensor), None)
+    if graph is None and scope is not None:
+        graph = scope.graph
+    if graph is not None:  # a graph op: variables are read when the graph runs
+        return prim.bind(*[_plain(a, graph) for a in args], **params)
     if scope is None:
         _refuse_reads_lost_to_jax(args)
-    elif scope.graph is not None:
-        return prim.bind(*[_plain(a, scope.graph) for a in args], **params)
     rec = _recording_of(scope)
     if rec is not None and rec.records(args):
         return rec.record(prim, args, params)
     out = prim.bind(*[_plain(a) for a in args], **params)
-    if any(type(a) is EagerTensor for a in args) and not jx.is_tracer(out):
+    in_function = scope is not None and scope.frame is not None
+    if any(type(a) is EagerTensor for a in args) and (in_function or not jx.is_tracer(out)):
         return EagerTensor(None, None, out)  # a tensor in, a tensor out (TensorFlow 2)
     return out
 

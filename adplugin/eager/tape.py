@@ -21,6 +21,7 @@ import numpy as np
 from adplugin import _context
 from adplugin import _jax_adapter as jx
 from adplugin._errors import DerivativeError, message
+from adplugin.eager.explain import warn_none_gradient
 from adplugin.eager.program import Program, cached_program
 from adplugin.eager.recording import EagerTensor, Recording
 from adplugin.eager.variable import Variable
@@ -40,13 +41,25 @@ def unconnected_mode(value: Any, op: str) -> str:
         return value.value
     if value in ("none", "zero"):
         return str(value)
-    raise ValueError(message(op, "unknown unconnected_gradients", repr(value),
-                             "'none', 'zero' or ap.UnconnectedGradients.NONE/ZERO",
+    raise ValueError(message(op, f"Unknown value for unconnected_gradients: {value!r}",
+                             repr(value), "'none', 'zero' or ap.UnconnectedGradients.NONE/ZERO",
                              "pass one of them"))
 
 
 def _is_source_leaf(x: Any) -> bool:
     return isinstance(x, (Variable, EagerTensor, jax.Array, np.ndarray))
+
+
+def _check_watchable(x: Any) -> None:
+    """As in TensorFlow, only tensors and variables can be watched: a NumPy array (or a
+    Python number) is converted anew by every op, so watching it could never record."""
+    if isinstance(x, (Variable, EagerTensor, jax.Array)) or jx.is_tracer(x):
+        return
+    raise ValueError(message("GradientTape.watch", f"cannot watch a {type(x).__name__}",
+                             f"{type(x).__name__} {x!r:.60}", "a Variable, a jax.Array, "
+                             "ap.constant(...) or an eager tensor", "convert it once with "
+                             "x = ap.constant(value) (or jnp.asarray), watch x and compute "
+                             "with x"))
 
 
 class GradientTape:
@@ -132,10 +145,13 @@ class GradientTape:
     # --- watching -------------------------------------------------------------------------------
 
     def watch(self, tensor: Any) -> None:
-        """Watch variables, arrays, constants or eager tensors (a nested structure of them)."""
+        """Watch variables, JAX arrays, constants or eager tensors (a nested structure)."""
+        leaves = jax.tree.leaves(tensor, is_leaf=_is_source_leaf)
+        for x in leaves:
+            _check_watchable(x)
         rec = self._rec("watch")
         with rec.lock:
-            for x in jax.tree.leaves(tensor, is_leaf=_is_source_leaf):
+            for x in leaves:
                 self._watch_one(rec, x)
 
     def _watch_one(self, rec: Recording, x: Any) -> None:
@@ -144,13 +160,8 @@ class GradientTape:
             self._watch_node(rec, rec.variable_leaf(x))
         elif type(x) is EagerTensor and x.recording is rec and x.node is not None:
             self._watch_node(rec, x.node)
-        elif isinstance(x, (jax.Array, np.ndarray, EagerTensor)) or jx.is_tracer(x):
-            self._watch_node(rec, rec.leaf(x))
         else:
-            raise TypeError(message("GradientTape.watch", "cannot watch this value",
-                                    f"{type(x).__name__} {x!r:.60}", "a Variable, an array, "
-                                    "ap.constant(...) or an eager tensor", "convert Python "
-                                    "numbers with ap.constant(value) and watch that"))
+            self._watch_node(rec, rec.leaf(x))
 
     def _watch_node(self, rec: Recording, t: Tensor) -> None:
         if t.node.id not in self._watch_since:
@@ -254,7 +265,8 @@ class GradientTape:
         rec = self._rec(op)
         if self._used and not self.persistent:
             raise RuntimeError(message(
-                f"GradientTape.{op}", "a non-persistent tape can compute derivatives once",
+                f"GradientTape.{op}", "A non-persistent GradientTape can only be used to "
+                "compute one set of gradients (or jacobians)",
                 "a second gradient/jacobian call", "one call per non-persistent tape",
                 "create the tape with ap.GradientTape(persistent=True)"))
         self._used = True
@@ -277,8 +289,23 @@ class GradientTape:
             output_gradients, is_leaf=lambda x: isinstance(x, EagerTensor))
         with rec.lock:
             grads = self._gradients(rec, targets, flat_sources, outs)
+        if unconnected == "none" and any(g is None for g in grads):
+            self._warn_none(rec, target, flat_sources, grads)
         return jax.tree.unflatten(tree, [_unconnected(s, unconnected) if g is None else g
                                          for s, g in zip(flat_sources, grads)])
+
+    def _warn_none(self, rec: Recording, target: Any, sources: list[Any], grads: list[Any]
+                   ) -> None:
+        """A watched source got None: warn why (once per call site of `gradient`)."""
+        for s, g in zip(sources, grads):
+            if g is None and self._watches(rec, s):
+                warn_none_gradient(target, s, self, depth=3)  # 3: the caller of gradient()
+                return
+
+    def _watches(self, rec: Recording, s: Any) -> bool:
+        if isinstance(s, Variable):
+            return s in self._watched_vars or s in self._read_vars
+        return any(x.node.id in self._watch_since for x in self._source_nodes(rec, s))
 
     def _gradients(self, rec: Recording, targets: list[Any], sources: list[Any],
                    outs: list[Any] | None) -> list[Any]:
@@ -296,16 +323,17 @@ class GradientTape:
                                          f"{len(targets)}, one per target", "give one per "
                                          "target"))
             gys = [jnp.asarray(_plain(outs[i])) for y, i in pairs if y is not None]
-        if self._records_for_outer(rec) or rec._traced():
+        if self._recorded_by_a_tape(rec) or rec._traced():
             by_x = self._symbolic(rec, ys, xs, gys)
         else:
             by_x = self._compiled(rec, ys, xs, gys)
         return [_sum([by_x[k] for k in (rec.sidx[x.node.id] for x in g) if k in by_x])
                 for g in groups]
 
-    def _records_for_outer(self, rec: Recording) -> bool:
-        """Whether another tape records now: then derivatives stay symbolic, so it sees them."""
-        return any(t is not self for t in rec.active_tapes)
+    def _recorded_by_a_tape(self, rec: Recording) -> bool:
+        """Whether a tape records now (an outer one, or this one when persistent and inside its
+        block): then derivatives stay symbolic, so that tape sees them (higher orders)."""
+        return bool(rec.active_tapes)
 
     def _live(self, rec: Recording, ys: list[Tensor], xs: list[Tensor]
               ) -> tuple[list[Tensor], set[int]]:
@@ -353,9 +381,10 @@ class GradientTape:
     def jacobian(self, target: Any, sources: Any, unconnected_gradients: Any = "none",
                  parallel_iterations: int | None = None, experimental_use_pfor: bool = True
                  ) -> Any:
-        """d target[i...] / d source[j...] for each source: shape target.shape + source.shape."""
-        del parallel_iterations, experimental_use_pfor  # one strategy: reverse mode per row
+        """d target[i...] / d source[j...] for each source: shape target.shape + source.shape
+        (None for a source the target does not depend on, or zeros with "zero")."""
         unconnected = unconnected_mode(unconnected_gradients, "GradientTape.jacobian")
+        self._check_strategy("jacobian", parallel_iterations, experimental_use_pfor)
         rec = self._start_derivation("jacobian")
         flat_sources, tree = jax.tree.flatten(sources, is_leaf=_is_source_leaf)
         _check_float_sources("GradientTape.jacobian", flat_sources)
@@ -370,25 +399,30 @@ class GradientTape:
                        experimental_use_pfor: bool = True) -> Any:
         """Per-example Jacobians: for target [b, *t] and source [b, *s], the [b, *t, *s] array
         of d target[i, ...] / d source[i, ...] (examples assumed independent, as in
-        TensorFlow)."""
-        del parallel_iterations, experimental_use_pfor
-        unconnected = unconnected_mode(unconnected_gradients, "GradientTape.batch_jacobian")
+        TensorFlow). An unconnected source gives zeros whatever `unconnected_gradients` says,
+        as in TensorFlow."""
+        unconnected_mode(unconnected_gradients, "GradientTape.batch_jacobian")
+        self._check_strategy("batch_jacobian", parallel_iterations, experimental_use_pfor)
+        t_shape, s_shape = tuple(np.shape(target)), tuple(np.shape(source))
+        _check_batch_shapes(t_shape, s_shape)
         rec = self._start_derivation("batch_jacobian")
         _check_float_sources("GradientTape.batch_jacobian", [source])
-        t_shape, s_shape = tuple(np.shape(target)), tuple(np.shape(source))
-        if not t_shape or not s_shape or t_shape[0] != s_shape[0]:
-            raise ValueError(message("GradientTape.batch_jacobian", "target and source need one "
-                                     "leading batch dimension of the same size",
-                                     f"target {list(t_shape)}, source {list(s_shape)}",
-                                     "shapes [b, ...] and [b, ...]", "reshape so the batch "
-                                     "dimension comes first"))
         with rec.lock:
             (jac,) = self._jacobians(rec, target, [source], batch=True)
         if jac is None:
-            if unconnected == "zero":
-                return jnp.zeros(t_shape + s_shape[1:], np.dtype(source.dtype))
-            return None
+            return jnp.zeros(t_shape + s_shape[1:], np.dtype(target.dtype))
         return jac
+
+    def _check_strategy(self, op: str, parallel_iterations: int | None, use_pfor: bool) -> None:
+        """TensorFlow computes row by row (a while loop) on a persistent tape only."""
+        if self.persistent or (use_pfor and parallel_iterations is None):
+            return
+        asked = "experimental_use_pfor=False" if not use_pfor else "parallel_iterations"
+        raise RuntimeError(message(
+            f"GradientTape.{op}", f"GradientTape must be created with persistent=True to "
+            f"compute the {op} with {asked}", f"a non-persistent tape and {asked}",
+            "a persistent tape", "create it with ap.GradientTape(persistent=True), or leave "
+            f"{asked.split('=')[0]} at its default"))
 
     def _jacobians(self, rec: Recording, target: Any, sources: list[Any], batch: bool
                    ) -> list[Any]:
@@ -404,17 +438,37 @@ class GradientTape:
         live = [x for x in live if x.node.id in connected]
         if not live:
             return [None] * len(sources)
-        if self._records_for_outer(rec):
+        if y.size == 0 or any(x.size == 0 for x in live):  # nothing to differentiate: zeros
+            by_x = {x.node.id: jnp.zeros(_jacobian_shape(y, x, batch), y.dtype) for x in live}
+        elif self._recorded_by_a_tape(rec):
             by_x = _symbolic_jacobian(rec, y, live, counted, batch)
         else:
             by_x = _numeric_jacobian(rec, y, live, batch)
         return [_sum([by_x[x.node.id] for x in g if x.node.id in by_x]) for g in groups]
 
 
-
 # ----------------------------------------------------------------------------------------------
 # Jacobians: rows of reverse mode, symbolic (for an outer tape) or through jax.jacrev
 # ----------------------------------------------------------------------------------------------
+
+def _jacobian_shape(y: Tensor, x: Tensor, batch: bool) -> tuple[int, ...]:
+    return (*y.shape, *x.shape[1:]) if batch else (*y.shape, *x.shape)
+
+
+def _check_batch_shapes(t_shape: tuple[int, ...], s_shape: tuple[int, ...]) -> None:
+    for what, shape in (("target", t_shape), ("source", s_shape)):
+        if len(shape) < 2:
+            raise ValueError(message(
+                "GradientTape.batch_jacobian", f"{what} must have rank at least 2",
+                f"{what} of shape {list(shape)}", "shapes [b, ...] of rank 2 or more",
+                "add the batch dimension (ap.expand_dims) or use tape.jacobian"))
+    if t_shape[0] != s_shape[0]:
+        raise ValueError(message(
+            "GradientTape.batch_jacobian", "Need first dimension of target shape "
+            f"{list(t_shape)} and source shape {list(s_shape)} to match",
+            f"{t_shape[0]} and {s_shape[0]} examples", "one batch size",
+            "give target and source the same leading (batch) dimension"))
+
 
 def _numeric_jacobian(rec: Recording, y: Tensor, xs: list[Tensor], batch: bool
                       ) -> dict[int, Any]:
@@ -422,8 +476,7 @@ def _numeric_jacobian(rec: Recording, y: Tensor, xs: list[Tensor], batch: bool
     inner = [x for x in xs if x not in leaves]
     feeds = [*leaves, *inner]
     program = Program(rec.graph, [y], feeds)
-    values = [rec.values[t.node.id] for t in leaves] + rec.evaluate(inner) if inner else \
-        [rec.values[t.node.id] for t in leaves]
+    values = [rec.values[t.node.id] for t in leaves] + (rec.evaluate(inner) if inner else [])
     positions = [feeds.index(x) for x in xs]
 
     def fn(*x_values: Any) -> Any:
@@ -448,30 +501,29 @@ def _batch_diagonal(jac: Any, t_shape: tuple[int, ...], s_shape: tuple[int, ...]
 
 def _symbolic_jacobian(rec: Recording, y: Tensor, xs: list[Tensor], counted: set[int],
                        batch: bool) -> dict[int, Any]:
-    """Jacobian rows as graph nodes, so an outer tape differentiates them again."""
-    from adplugin.primitives.shape import concatenate, reshape
+    """Jacobian rows as graph nodes, so a recording tape differentiates them again."""
+    from adplugin.primitives.shape import concatenate, reshape, transpose
 
+    start = len(rec.graph.nodes)
     with rec.graph.building():
         if batch:  # row k: d sum_i target[i, k] / d source, valid for independent examples
-            b = y.shape[0]
-            rows2 = reshape(y, (b, -1))
-            n = rows2.shape[1]
-            picks = [rows2[:, k] for k in range(n)]
+            rows2 = reshape(y, (y.shape[0], -1))
+            picks = [rows2[:, k] for k in range(rows2.shape[1])]
         else:
             flat = reshape(y, (-1,))
-            n = flat.shape[0]
-            picks = [flat[k] for k in range(n)]
+            picks = [flat[k] for k in range(flat.shape[0])]
+        # the picks' nodes extend what the tape saw: paths run through them
+        only = counted | set(range(start, len(rec.graph.nodes)))
         rows: dict[int, list[Any]] = {x.node.id: [] for x in xs}
         for pick in picks:
             for x, g in zip(xs, graph_gradients(pick, xs, unconnected_gradients="zero",
-                                                only=counted | {pick.node.id})):
+                                                only=only)):
                 rows[x.node.id].append(reshape(g, (1, *x.shape)))
         out = {}
         for x in xs:
-            stacked = concatenate(rows[x.node.id], axis=0) if n > 1 else rows[x.node.id][0]
+            parts = rows[x.node.id]
+            stacked = concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
             if batch:  # [n, b, *s] -> [b, *t, *s]
-                from adplugin.primitives.shape import transpose
-
                 moved = transpose(stacked, (1, 0, *range(2, stacked.ndim)))
                 out[x.node.id] = reshape(moved, (*y.shape, *x.shape[1:]))
             else:

@@ -33,6 +33,9 @@ class Cell:
     def __init__(self, value: Any):
         self._stored = value
         self._version = 0
+        scope = _context.current()
+        if scope is not None and scope.frame is not None and _traced(value):
+            scope.frame.create(self, value)  # state made by a compiled function's trace
 
     def _read(self) -> Any:
         """The value in this context: the traced one inside `ap.function`, else the stored."""
@@ -44,16 +47,30 @@ class Cell:
     def _write(self, value: Any) -> None:
         scope = _context.current()
         if scope is not None and scope.frame is not None:
+            if scope.jax_trace is not jx.current_trace():
+                raise RuntimeError(_lost_update(type(self).__name__, "inside a JAX "
+                                                "transformation within an `ap.function`"))
             scope.frame.write(self, value)
+            self._version += 1  # a recording inside the function reads a new version
             return
-        if any(jx.is_tracer(x) for x in jax.tree.leaves(value)):
-            raise RuntimeError(message(
-                f"{type(self).__name__}.assign", "a value traced by a JAX transformation "
-                "(jax.jit, grad, vmap) was assigned to adplugin state", "a JAX tracer",
-                "a concrete value", "decorate the step with @ap.function (which compiles "
-                "variable updates into the program) instead of jax.jit"))
+        if _traced(value) or not jx.at_top_level():
+            raise RuntimeError(_lost_update(type(self).__name__, "inside a JAX transformation "
+                                            "(jax.jit, grad, vmap)"))
         self._stored = value
         self._version += 1
+
+
+def _traced(value: Any) -> bool:
+    return any(jx.is_tracer(x) for x in jax.tree.leaves(value))
+
+
+def _lost_update(kind: str, where: str) -> str:
+    """A write JAX would apply once, while tracing, and never again: refused."""
+    return message(
+        f"{kind}.assign", f"adplugin state was assigned {where}: the update would happen once, "
+        "while tracing, and be lost on every later call", "an assignment in traced code",
+        "assignments in eager code or in an `@ap.function`", "decorate the step with "
+        "@ap.function (which compiles variable updates into the program) instead of jax.jit")
 
 
 class Variable(Cell, OperatorMethods, ConcreteValueMethods):

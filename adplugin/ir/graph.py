@@ -131,7 +131,7 @@ class Graph:
         self.nodes: list[Node] = []
         self._names: set[str] = set()
         self._compiled: Any = None  # an LRU of compiled programs, made on first run
-        self._lock = threading.Lock()  # threads may add nodes to one graph at once
+        self._lock = threading.RLock()  # threads may add nodes to one graph at once
 
     # --- building ---------------------------------------------------------------------------
 
@@ -156,9 +156,16 @@ class Graph:
         self._names.add(candidate)
         return candidate
 
-    def placeholder(self, shape: Sequence[int], dtype: Any = np.float32,
-                    name: str | None = None) -> Tensor:
-        aval = ShapeDtype(tuple(int(d) for d in shape), jx.canonical_dtype(dtype))
+    def placeholder(self, shape: Sequence[int | None] | None, dtype: Any = np.float32,
+                    name: str | None = None) -> Any:
+        """A graph input fed at run time. With an unknown dimension (None) or rank (shape
+        None) it is a `DeferredTensor`: the graph is specialized per fed shape when it runs."""
+        if shape is None or any(d is None for d in shape):
+            from adplugin.ir.deferred import deferred_placeholder
+
+            return deferred_placeholder(self, shape, dtype, name)
+        aval = ShapeDtype(tuple(int(d) for d in shape if d is not None),  # (none is None)
+                          jx.canonical_dtype(dtype))
         return self._add(PLACEHOLDER, (), {}, aval, name or "placeholder")
 
     def constant(self, value: Any, dtype: Any = None, name: str | None = None) -> Tensor:
@@ -302,8 +309,11 @@ def get_default_graph() -> Graph:
     return scope.graph
 
 
-def placeholder(shape: Sequence[int], dtype: Any = np.float32, name: str | None = None) -> Tensor:
-    """A graph input to be fed at run time (TensorFlow 1 style), in the innermost graph."""
+def placeholder(shape: Sequence[int | None] | None, dtype: Any = np.float32,
+                name: str | None = None) -> Any:
+    """A graph input to be fed at run time (TensorFlow 1 style), in the innermost graph. None
+    for a dimension (or for the shape: unknown rank) defers shapes to run time: the graph is
+    specialized per fed shape (see `adplugin.ir.deferred`)."""
     scope = _context.current()
     if scope is None or scope.graph is None:
         raise GraphError(message(
@@ -316,8 +326,9 @@ def placeholder(shape: Sequence[int], dtype: Any = np.float32, name: str | None 
 
 def constant(value: Any, dtype: Any = None, name: str | None = None) -> Any:
     """A constant: a node of the graph being built, or outside graphs an eager tensor (as
-    `tf.constant` in TensorFlow 2: Python operators work, and a tape records it if watched)."""
-    scope = _context.current()
+    `tf.constant` in TensorFlow 2: Python operators work, and a tape records it if watched).
+    Under a JAX trace started inside a graph (jax.jit called there), it is not the graph's."""
+    scope = _context.effective()
     if scope is not None and scope.graph is not None:
         return scope.graph.constant(value, dtype, name)
     from adplugin.eager.recording import eager_constant
@@ -330,6 +341,8 @@ def convert_to_tensor(value: Any, dtype: Any = None) -> Any:
     constant (of the graph being built, or eager outside graphs)."""
     if isinstance(value, Tensor) or type(value).__name__ == "EagerTensor" and dtype is None:
         return value
+    if jx.is_tracer(value):  # inside a JAX transformation: JAX's own value
+        return value if dtype is None else value.astype(dtype)
     return constant(value, dtype)
 
 

@@ -3,6 +3,13 @@
 Each node's primitive is bound on JAX tracers, so the lowered module is the StableHLO of
 adplugin's primitives. The executable is cached per graph and per (fetches, feeds) set; the
 graph is append-only, so that set always names the same computation.
+
+Variables (TensorFlow 1 style): each variable read node is an extra input, fed the variable's
+value when the run starts; the assignments the fetches depend on are extra outputs, stored in
+their variables after the run (so a run sees the values from before its assignments). Fetching
+an operation (`GraphOp`: an optimizer's update, a group) runs its inputs and its effect and
+gives None. Deferred tensors (unknown shapes) run in the graph's specialization for the fed
+shapes (`adplugin.ir.deferred`).
 """
 
 from __future__ import annotations
@@ -17,7 +24,10 @@ import numpy as np
 from adplugin._context import jax_evaluation
 from adplugin._errors import message
 from adplugin._lru import LRU
-from adplugin.ir.graph import CONSTANT, PLACEHOLDER, GraphError, Node, Tensor
+from adplugin.eager.variable import Variable
+from adplugin.ir.deferred import DeferredTensor, any_deferred, specialize
+from adplugin.ir.graph import CONSTANT, PLACEHOLDER, GraphError, Node, Tensor, needed_nodes
+from adplugin.ir.variables import ASSIGN, VARIABLE, GraphOp, read_node
 
 if TYPE_CHECKING:
     from adplugin.ir.graph import Graph
@@ -37,6 +47,10 @@ def _evaluate(nodes: Sequence[Node], outputs: Sequence[Tensor], env: dict[int, A
             continue
         if node.op == CONSTANT:
             env[node.id] = node.value
+        elif node.op == ASSIGN:  # the value assigned (run() stores it afterwards)
+            env[node.id] = env[node.inputs[0].node.id]
+        elif node.op == VARIABLE:
+            env[node.id] = node.value.value
         elif node.op == PLACEHOLDER:
             raise GraphError(message(
                 "Graph.run", "a placeholder the fetches depend on was not fed",
@@ -50,6 +64,8 @@ def _evaluate(nodes: Sequence[Node], outputs: Sequence[Tensor], env: dict[int, A
 
 
 def _check_fetch(graph: Graph, t: Any) -> Tensor:
+    if isinstance(t, Variable):  # a variable fetched: its value as the run starts
+        return read_node(graph, t)
     if not isinstance(t, Tensor):
         raise GraphError(message("Graph.run", "a fetch is not a tensor", repr(t)[:80],
                                  "tensors of this graph", "fetch the tensors the ops returned"))
@@ -101,42 +117,122 @@ def simplified_program(graph: Graph, fetches: Sequence[Tensor], feeds: Sequence[
 _PROGRAMS_PER_GRAPH = 64
 
 
-def compile_graph(graph: Graph, fetches: Sequence[Tensor], feeds: Sequence[Tensor]) -> Any:
-    """A jitted function of the feeds' values returning the fetches' values (cached per graph
-    by fetch and feed set: the graph is append-only, so the set names one computation; jit
+class Plan:
+    """A compiled program for one (fetches, feeds) set, with the variables it reads (extra
+    inputs after the feeds) and assigns (extra outputs after the fetches)."""
+
+    def __init__(self, graph: Graph, fetches: Sequence[Tensor], feeds: Sequence[Tensor]):
+        nodes = needed_nodes(graph, fetches, cut={t.node.id for t in feeds})
+        reads = [n.output for n in nodes if n.op == VARIABLE]
+        assigns = [n.output for n in nodes if n.op == ASSIGN]
+        self.reads: list[Variable] = [t.node.value for t in reads]
+        self.assigned: list[Variable] = [t.node.value for t in assigns]
+        self.n_fetches = len(fetches)
+        self.program = jax.jit(simplified_program(graph, [*fetches, *assigns],
+                                                  [*feeds, *reads]))
+
+    def read_values(self) -> list[Any]:
+        return [v._stored for v in self.reads]
+
+    def __call__(self, *values: Any) -> list[Any]:
+        """The fetches' values; the assignments are stored in their variables."""
+        out = self.program(*values, *self.read_values())
+        if self.assigned:
+            with jax_evaluation():  # store, never build: this may run inside a graph's block
+                for v, value in zip(self.assigned, out[self.n_fetches:]):
+                    v.assign(value)
+        return list(out[:self.n_fetches])
+
+    def lower(self, *values: Any) -> Any:
+        return self.program.lower(*values, *self.read_values())
+
+
+def compile_graph(graph: Graph, fetches: Sequence[Tensor], feeds: Sequence[Tensor]) -> Plan:
+    """The compiled plan computing the fetches from the feeds' values (cached per graph by
+    fetch and feed set: the graph is append-only, so the set names one computation; jit
     itself keys its executables by the fed types and JAX's configuration)."""
     cache = graph._compiled
     if cache is None:
         cache = graph._compiled = LRU(_PROGRAMS_PER_GRAPH)
     key = (tuple(t.node.id for t in fetches), tuple(t.node.id for t in feeds))
-    return cache.get_or_build(key, lambda: jax.jit(simplified_program(graph, fetches, feeds)))
+    return cache.get_or_build(key, lambda: Plan(graph, fetches, feeds))
 
 
-def _prepare(graph: Graph, fetches: Any, feed_dict: dict[Tensor, Any]
-             ) -> tuple[list[Tensor], Any, list[Tensor], list[Any]]:
-    flat, tree = jax.tree.flatten(fetches, is_leaf=lambda x: isinstance(x, Tensor))
-    flat = [_check_fetch(graph, t) for t in flat]
+def _is_fetch_leaf(x: Any) -> bool:
+    return isinstance(x, (Tensor, DeferredTensor, GraphOp, Variable))
+
+
+class _Fetches:
+    """The flat fetches: tensors to compute (operations' inputs included), once each."""
+
+    def __init__(self, graph: Graph, flat: Sequence[Any]):
+        self.tensors: list[Tensor] = []
+        self._index: dict[int, int] = {}
+        self.positions: list[int | None] = []  # per fetch: its tensor, None for an operation
+        self.ops: list[tuple[GraphOp, list[int]]] = []
+        for f in flat:
+            if isinstance(f, GraphOp):
+                self._add_op(graph, f)
+                self.positions.append(None)
+            else:
+                self.positions.append(self._add(_check_fetch(graph, f)))
+
+    def _add(self, t: Tensor) -> int:
+        at = self._index.get(id(t))
+        if at is None:
+            at = self._index[id(t)] = len(self.tensors)
+            self.tensors.append(t)
+        return at
+
+    def _add_op(self, graph: Graph, op: GraphOp) -> None:
+        for o in op.walk():
+            if o.graph is not None and o.graph is not graph:
+                raise GraphError(message("Graph.run", "fetched an operation of another graph",
+                                         repr(o), f"an operation of {graph.name}",
+                                         "run the graph the operation was built in"))
+            self.ops.append((o, [self._add(_check_fetch(graph, t)) for t in o.inputs]))
+
+    def results(self, values: Sequence[Any]) -> list[Any]:
+        """Apply the operations' effects; the fetches' values (None for operations)."""
+        for op, at in self.ops:
+            if op.effect is not None:
+                with jax_evaluation():
+                    op.effect([values[i] for i in at])
+        return [None if p is None else values[p] for p in self.positions]
+
+
+def _prepare(graph: Graph, fetches: Any, feed_dict: dict[Any, Any]
+             ) -> tuple[Graph, _Fetches, Any, list[Tensor], list[Any]]:
+    flat, tree = jax.tree.flatten(fetches, is_leaf=_is_fetch_leaf)
+    if any_deferred(flat, list(feed_dict)) or any(
+            isinstance(f, GraphOp) and any_deferred([o.inputs for o in f.walk()]) for f in flat):
+        graph, flat, feed_dict = specialize(graph, flat, feed_dict)
+    fetched = _Fetches(graph, flat)
     feeds = sorted(feed_dict, key=lambda t: t.node.id if isinstance(t, Tensor) else -1)
     values = [_check_feed(graph, t, feed_dict[t]) for t in feeds]
-    return flat, tree, feeds, values
+    return graph, fetched, tree, feeds, values
 
 
-def run(graph: Graph, fetches: Any, feed_dict: dict[Tensor, Any]) -> Any:
-    flat, tree, feeds, values = _prepare(graph, fetches, feed_dict)
-    return jax.tree.unflatten(tree, compile_graph(graph, flat, feeds)(*values))
+def run(graph: Graph, fetches: Any, feed_dict: dict[Any, Any]) -> Any:
+    graph, fetched, tree, feeds, values = _prepare(graph, fetches, feed_dict)
+    out = compile_graph(graph, fetched.tensors, feeds)(*values) if fetched.tensors else []
+    return jax.tree.unflatten(tree, fetched.results(out))
 
 
-def lower(graph: Graph, fetches: Any, feed_dict: dict[Tensor, Any]) -> Any:
+def lower(graph: Graph, fetches: Any, feed_dict: dict[Any, Any]) -> Any:
     """The lowered program (a `jax.stages.Lowered`): `.as_text()` is its StableHLO,
     `.compile()` the XLA executable, with `.cost_analysis()` and `.memory_analysis()`."""
-    flat, _, feeds, values = _prepare(graph, fetches, feed_dict)
-    return compile_graph(graph, flat, feeds).lower(*values)
+    graph, fetched, _, feeds, values = _prepare(graph, fetches, feed_dict)
+    return compile_graph(graph, fetched.tensors, feeds).lower(*values)
 
 
-def export(graph: Graph, fetches: Any, feed_dict: dict[Tensor, Any]) -> Any:
+def export(graph: Graph, fetches: Any, feed_dict: dict[Any, Any]) -> Any:
     """A serializable `jax.export.Exported` of the program (`.serialize()` gives bytes that
     `jax.export.deserialize` loads and `.call`s without adplugin). It takes the fed values
-    in the order their placeholders were created and returns the fetches flattened."""
-    flat, _, feeds, values = _prepare(graph, fetches, feed_dict)
-    specs = [jax.ShapeDtypeStruct(np.shape(v), v.dtype) for v in values]
-    return jax.export.export(compile_graph(graph, flat, feeds))(*specs)
+    in the order their placeholders were created, then the values of the variables read (in
+    graph order), and returns the fetches flattened, then the values assigned."""
+    graph, fetched, _, feeds, values = _prepare(graph, fetches, feed_dict)
+    plan = compile_graph(graph, fetched.tensors, feeds)
+    inputs = [*values, *plan.read_values()]
+    specs = [jax.ShapeDtypeStruct(np.shape(v), v.dtype) for v in inputs]
+    return jax.export.export(plan.program)(*specs)

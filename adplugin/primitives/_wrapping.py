@@ -34,7 +34,11 @@ def op(*, static_argnames: Sequence[str] = ()) -> Callable[[F], F]:
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if _any_symbolic(args) or _scope_takes(args):
+            operands = (*args, *kwargs.values()) if kwargs else args  # ap.multiply(x=v, y=w)
+            if _any_symbolic(operands) or _scope_takes(operands):
+                deferred = _deferred_handler(operands)
+                if deferred is not None:  # shapes known only at run time: record the call
+                    return deferred(wrapper, args, kwargs)
                 return fn(*args, **kwargs)
             try:
                 return jitted(*args, **kwargs)
@@ -50,6 +54,32 @@ def op(*, static_argnames: Sequence[str] = ()) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+# Wrapper-level handlers of deferred types (values whose shapes are known only when a graph
+# runs, so promotion and broadcasting wait): filled once at import, type -> handler(wrapper,
+# args, kwargs). Nothing on the dispatch path mutates it.
+DeferredHandler = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
+_deferred_types: dict[type, DeferredHandler] = {}
+
+
+def register_deferred_type(cls: type, handler: Callable[..., Any]) -> None:
+    """Make the `ap.*` wrappers call `handler(wrapper, args, kwargs)` when an argument (or an
+    element of a list argument) is a `cls`, instead of promoting and binding primitives."""
+    _deferred_types[cls] = handler
+
+
+def _deferred_handler(args: Sequence[Any]) -> Any:
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            h = _deferred_handler(a)
+            if h is not None:
+                return h
+        else:
+            h = _deferred_types.get(type(a))
+            if h is not None:
+                return h
+    return None
 
 
 def _scope_takes(args: Sequence[Any]) -> bool:

@@ -445,48 +445,94 @@ def _concatenate(arrays: list[Any], *, axis: int) -> Any:
 
 
 def basic_index(x: Any, key: Any) -> Any:
-    """`x[key]` for integers, unit-step slices, `...` and `None` (NumPy's basic indexing),
-    with the slice and reshape primitives. Out-of-range integers raise IndexError."""
-    items = list(key) if isinstance(key, tuple) else [key]
-    shape = shape_of(x)
-    if sum(k is Ellipsis for k in items) > 1:
+    """`x[key]` for integers, unit-step slices, `...` and `None` (NumPy's basic indexing).
+    Out-of-range integers raise IndexError.
+
+    Symbolic and traced operands use the static slice primitive (a clean graph). Concrete
+    eager values (variables, eager tensors) gather with the index values as runtime operands
+    (`take` with int32 NumPy indices), so `v[i]` compiles once for all i, and a tape records
+    the indices as leaves (one structure for all i)."""
+    items, out_shape = _index_items(shape_of(x), key)
+    if _indices_as_operands(x):
+        return _gathered(x, items, out_shape)
+    starts = tuple(start for start, _, _ in items)
+    limits = tuple(stop for _, stop, _ in items)
+    out = x
+    if starts != (0,) * len(items) or limits != shape_of(x):
+        out = slice_p.bind(out, start_indices=starts, limit_indices=limits)
+    if out_shape != shape_of(out):
+        out = reshape_p.bind(out, new_sizes=out_shape)
+    return out
+
+
+Item = tuple[int, int, bool]  # per operand dim: start, stop, and whether an integer dropped it
+
+
+def _index_items(shape: tuple[int, ...], key: Any) -> tuple[list[Item], tuple[int, ...]]:
+    """Per operand dim (start, stop, is_int), and the result's shape."""
+    keys = list(key) if isinstance(key, tuple) else [key]
+    if sum(k is Ellipsis for k in keys) > 1:
         raise IndexError("ap indexing: at most one Ellipsis (...) per index")
-    consumed = sum(1 for k in items if k is not None and k is not Ellipsis)
+    consumed = sum(1 for k in keys if k is not None and k is not Ellipsis)
     if consumed > len(shape):
         raise IndexError(f"ap indexing: {consumed} indices for an array of rank {len(shape)}")
     fill = [slice(None)] * (len(shape) - consumed)
-    if Ellipsis in items:
-        at = items.index(Ellipsis)
-        items[at:at + 1] = fill
+    at = next((j for j, k in enumerate(keys) if k is Ellipsis), None)  # identity: no `in`
+    if at is not None:
+        keys[at:at + 1] = fill
     else:
-        items += fill
-    starts, limits, out_shape, dim = [], [], [], 0
-    for k in items:
+        keys += fill
+    items: list[Item] = []
+    out_shape: list[int] = []
+    for k in keys:
         if k is None:
             out_shape.append(1)
             continue
-        n = shape[dim]
-        dim += 1
+        n = shape[len(items)]
         if isinstance(k, slice):
             start, stop, step = k.indices(n)
             if step != 1:
                 raise IndexError("ap indexing: only unit-step slices; use ap.take for others")
             stop = max(stop, start)
-            starts.append(start)
-            limits.append(stop)
+            items.append((start, stop, False))
             out_shape.append(stop - start)
-        elif isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+        elif isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)):
             i = int(k) + n if k < 0 else int(k)
             if not 0 <= i < n:
                 raise IndexError(f"ap indexing: index {int(k)} out of range for size {n}")
-            starts.append(i)
-            limits.append(i + 1)
+            items.append((i, i + 1, True))
         else:
             raise IndexError(f"ap indexing: unsupported index {k!r}; use ap.take (gather) for "
                              "array indices")
+    return items, tuple(out_shape)
+
+
+def _indices_as_operands(x: Any) -> bool:
+    """Whether `x` is a concrete eager value (a variable or eager tensor, evaluated now or
+    recorded by a tape), not a graph tensor, a JAX tracer or a value traced by ap.function."""
+    from adplugin import _context
+    from adplugin._operator_types import ConcreteValueMethods
+
+    if not isinstance(x, ConcreteValueMethods) or not jx.at_top_level():
+        return False
+    scope = _context.effective()
+    return scope is None or (scope.graph is None and scope.frame is None)
+
+
+def _gathered(x: Any, items: list[Item], out_shape: tuple[int, ...]) -> Any:
+    """Basic indexing as gathers whose indices are operands: an integer takes a scalar index
+    (dropping its dim), a partial slice takes a range; the last dims go first, so the axes
+    still to index keep their positions."""
+    from adplugin.primitives.indexing import take_p
+
+    shape = shape_of(x)
     out = x
-    if tuple(starts) != (0,) * len(shape) or tuple(limits) != shape:
-        out = slice_p.bind(out, start_indices=tuple(starts), limit_indices=tuple(limits))
-    if tuple(out_shape) != shape_of(out):
-        out = reshape_p.bind(out, new_sizes=tuple(out_shape))
+    for axis in reversed(range(len(items))):
+        start, stop, is_int = items[axis]
+        if is_int:
+            out = take_p.bind(out, np.asarray(start, np.int32), axis=axis)
+        elif (start, stop) != (0, shape[axis]):
+            out = take_p.bind(out, np.arange(start, stop, dtype=np.int32), axis=axis)
+    if out_shape != shape_of(out):
+        out = reshape_p.bind(out, new_sizes=out_shape)
     return out

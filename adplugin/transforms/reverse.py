@@ -11,6 +11,7 @@ linear primitives need transpose rules, and the result is an ordinary graph: app
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -110,13 +111,15 @@ def _is_float(t: Any) -> bool:
 
 
 def active_nodes(graph: Graph, xs: Sequence[Tensor],
-                 only: Collection[int] | None = None) -> set[int]:
+                 only: Collection[int] | None = None,
+                 stops: Collection[int] = ()) -> set[int]:
     """Ids of nodes whose value depends differentiably on some x (the xs included), counting
-    only nodes in `only` when given (a tape's recorded nodes)."""
+    only nodes in `only` when given (a tape's recorded nodes). Nodes in `stops` are constants
+    to derivation: they pass nothing on (though they may be sources themselves)."""
     active = {x.node.id for x in xs}
     start = min(active)
     for node in graph.nodes[start:]:
-        if node.id in active or isinstance(node.op, str):
+        if node.id in active or isinstance(node.op, str) or node.id in stops:
             continue
         if only is not None and node.id not in only:
             continue
@@ -154,59 +157,117 @@ def filled_like(t: Tensor, value: float) -> Tensor:
                                                   broadcast_dimensions=())
 
 
-def gradients(ys: Any, xs: Any, grad_ys: Any = None,
-              unconnected_gradients: str = "none",
-              only: Collection[int] | None = None) -> list[Tensor | None]:
-    """Symbolic derivatives of sum(ys) with respect to each of `xs` (TensorFlow's semantics).
+def unconnected_mode(value: Any, op: str = "gradients") -> str:
+    """'none' or 'zero', from a string or an `ap.UnconnectedGradients` member (any enum whose
+    value is one of the two); anything else is an error."""
+    raw = value.value if isinstance(value, enum.Enum) else value
+    if isinstance(raw, str) and raw in ("none", "zero"):
+        return raw
+    raise ValueError(message(op, "unknown value for unconnected_gradients", repr(value),
+                             "'none', 'zero' or ap.UnconnectedGradients.NONE/ZERO",
+                             "pass one of them"))
 
-    `xs` may be placeholders or any intermediate tensor. `grad_ys` weights each y (ones by
-    default). A gradient with no path from x to ys is None, or zeros with
-    `unconnected_gradients="zero"`. The gradient nodes are added to the ys' graph.
-    `only` restricts the paths to the nodes it holds (what a gradient tape recorded).
-    """
-    ys_list, _ = _as_list(ys)
-    xs_list, _ = _as_list(xs)
-    if unconnected_gradients not in ("none", "zero"):
-        raise ValueError(message("gradients", "unknown unconnected_gradients",
-                                 repr(unconnected_gradients), "'none' or 'zero'",
-                                 "pass one of the two"))
-    graph = _check_tensors("xs", xs_list, _check_tensors("ys", ys_list, None))
-    for x in xs_list:
+
+def _as_graph_tensors(what: str, vs: list[Any], graph: Graph | None) -> list[Any]:
+    """Variables stand for their read node in the graph (TensorFlow 1's `gradients(y, var)`)."""
+    from adplugin.eager.variable import Variable
+    from adplugin.ir.variables import read_node
+
+    if graph is None or not any(isinstance(v, Variable) for v in vs):
+        return vs
+    with graph.building():
+        return [read_node(graph, v) if isinstance(v, Variable) else v for v in vs]
+
+
+def _check_sources(xs: Sequence[Tensor]) -> None:
+    for x in xs:
         if not _is_float(x):
             raise DerivativeError(message(
                 "gradients", f"differentiating with respect to a non-floating tensor {x.name}",
-                f"{x!r}", "floating-point xs", f"cast it with ap.astype({x.name}, float32) "
-                "before the ops that use it"))
-    gys, _ = _as_list(grad_ys) if grad_ys is not None else ([None] * len(ys_list), True)
-    if len(gys) != len(ys_list):
+                f"{x!r}", "floating-point xs (integer sources are refused, where TensorFlow "
+                "gives None)", f"cast it with ap.astype({x.name}, float32) before the ops "
+                "that use it"))
+
+
+def _seeds(graph: Graph, ys: Sequence[Tensor], grad_ys: Any) -> list[Tensor | None]:
+    """One weight per y: the given grad_ys (as the y's shape and dtype), or None for ones."""
+    if grad_ys is None:
+        return [None] * len(ys)
+    gys, _ = _as_list(grad_ys)
+    if len(gys) != len(ys):
         raise ValueError(message("gradients", "grad_ys does not match ys", f"{len(gys)} grad_ys",
-                                 f"{len(ys_list)}, one per y", "give one weight tensor per y"))
-    active = active_nodes(graph, xs_list, only)
+                                 f"{len(ys)}, one per y", "give one weight tensor per y"))
+    out: list[Tensor | None] = []
+    for y, gy in zip(ys, gys):
+        if gy is None:
+            out.append(None)
+            continue
+        t = graph._as_tensor(gy, "gradients")
+        if tuple(t.shape) != tuple(y.shape):
+            raise ValueError(message("gradients", f"grad_ys for {y.name} has another shape",
+                                     list(t.shape), list(y.shape),
+                                     "give each y a weight of its own shape"))
+        if t.dtype != y.dtype:
+            t = get_primitive("convert_element_type").bind(t, new_dtype=y.dtype,
+                                                           weak_type=False)
+        out.append(t)
+    return out
+
+
+def _backward(graph: Graph, cts: dict[int, Tensor], active: set[int], first: int, last: int,
+              keep: Collection[int], stops: Collection[int]) -> None:
+    """Pushes the cotangents in `cts` back through the active nodes first..last; the entries
+    of `keep` (the sources) stay in `cts` once complete."""
+    for node in reversed(graph.nodes[first:last + 1]):
+        if node.kind != "op" or node.id not in active:
+            continue
+        ct = cts.get(node.id) if node.id in keep else cts.pop(node.id, None)
+        if ct is None or node.id in stops or node.op.jvp is ZERO_DERIVATIVE:  # type: ignore[union-attr]
+            continue  # a constant to derivation (a source cut by stop_gradient, say)
+        for i, inp in enumerate(node.inputs):
+            if inp.node.id not in active:
+                continue
+            contribution = _input_vjp(node, i, ct)
+            if contribution is not None:
+                cts[inp.node.id] = _add(cts.get(inp.node.id), contribution)
+
+
+def gradients(ys: Any, xs: Any, grad_ys: Any = None,
+              unconnected_gradients: Any = "none", stop_gradients: Any = None,
+              only: Collection[int] | None = None) -> list[Tensor | None]:
+    """Symbolic derivatives of sum(ys) with respect to each of `xs` (TensorFlow's semantics).
+
+    `xs` may be placeholders, any intermediate tensor (a y too: dy/dy is ones) or
+    `ap.Variable`s read in the graph. `grad_ys` weights each y (ones by default). A gradient
+    with no path from x to ys is None, or zeros with `unconnected_gradients="zero"` (or
+    `ap.UnconnectedGradients.ZERO`). `stop_gradients` are tensors held constant: nothing flows
+    through them (partial derivatives). The gradient nodes are added to the ys' graph.
+    `only` restricts the paths to the nodes it holds (what a gradient tape recorded).
+    """
+    mode = unconnected_mode(unconnected_gradients)
+    ys_list, _ = _as_list(ys)
+    graph = _check_tensors("ys", ys_list, None)
+    xs_list = _as_graph_tensors("xs", _as_list(xs)[0], graph)
+    stop_list = _as_graph_tensors("stop_gradients", _as_list(stop_gradients)[0]
+                                  if stop_gradients is not None else [], graph)
+    _check_tensors("xs", xs_list, graph)
+    _check_tensors("stop_gradients", stop_list, graph)
+    _check_sources(xs_list)
+    stops = {t.node.id for t in stop_list}
     x_ids = {x.node.id for x in xs_list}
+    active = active_nodes(graph, xs_list, only, stops)
     cts: dict[int, Tensor] = {}
     with graph.building(), no_cyclic_gc():
-        for y, gy in zip(ys_list, gys):
+        for y, gy in zip(ys_list, _seeds(graph, ys_list, grad_ys)):
             if y.node.id in active:
-                seed = filled_like(y, 1) if gy is None else graph._as_tensor(gy, "gradients")
+                seed = filled_like(y, 1) if gy is None else gy
                 cts[y.node.id] = _add(cts.get(y.node.id), seed)
         last = max((y.node.id for y in ys_list), default=-1)
-        first = min(x_ids)
-        for node in reversed(graph.nodes[first:last + 1]):
-            if node.kind != "op" or node.id not in active:
-                continue
-            ct = cts.get(node.id) if node.id in x_ids else cts.pop(node.id, None)
-            if ct is None:
-                continue
-            for i, inp in enumerate(node.inputs):
-                if inp.node.id not in active:
-                    continue
-                contribution = _input_vjp(node, i, ct)
-                if contribution is not None:
-                    cts[inp.node.id] = _add(cts.get(inp.node.id), contribution)
+        _backward(graph, cts, active, min(x_ids), last, x_ids, stops)
         results: list[Tensor | None] = []
         for x in xs_list:
             g = cts.get(x.node.id)
-            if g is None and unconnected_gradients == "zero":
+            if g is None and mode == "zero":
                 g = filled_like(x, 0)
             results.append(g)
     return results

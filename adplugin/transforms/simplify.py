@@ -23,6 +23,7 @@ from adplugin.ir.graph import (
     needed_nodes,
     no_cyclic_gc,
 )
+from adplugin.ir.variables import ASSIGN, VARIABLE
 
 _FOLD_LIMIT = 1024  # largest constant (in elements) that folding may create
 
@@ -155,11 +156,14 @@ def _simplify(graph: Graph, nodes: Sequence[Node], cut: Collection[int]
     s = _Simplifier(f"{graph.name}.simplified")
     mapping: dict[int, Tensor] = {}
     for node in nodes:
-        if node.id in cut or node.op == PLACEHOLDER:
+        if node.id in cut or node.op in (PLACEHOLDER, VARIABLE):
+            # variable reads are inputs too: the runner feeds each its variable's value
             t = s.graph.placeholder(node.output.shape, node.output.dtype,
                                     node.name or f"in{node.id}")
         elif node.op == CONSTANT:
             t = s.constant(node.value, node.output.weak_type)
+        elif node.op == ASSIGN:  # gives the assigned value; the runner stores it
+            t = mapping[node.inputs[0].node.id]
         else:
             t = s.apply(node, [mapping[i.node.id] for i in node.inputs])
         mapping[node.id] = t
