@@ -557,3 +557,32 @@ def test_gradient_correctness_against_jax_grad(name: str) -> None:
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(got2, want2, rtol=2e-4, atol=2e-4)
+
+
+def test_unconnected_gradients_enum_and_bad_values() -> None:
+    with ap.Graph() as g:
+        x, y = ap.constant(1.0), ap.constant(2.0)
+        (zero,) = ap.gradients(y, x, unconnected_gradients=ap.UnconnectedGradients.ZERO)
+        assert ap.gradients(y, x, unconnected_gradients=ap.UnconnectedGradients.NONE) == [None]
+        with pytest.raises(ValueError, match="unknown value for unconnected_gradients"):
+            ap.gradients(y, x, unconnected_gradients=None)
+    assert float(g.run(zero)) == 0.0
+
+
+def test_forward_gradients_equal_jax_jvp() -> None:
+    xv = np.array([0.3, -1.2, 2.0], np.float32)
+    tv = np.array([1.0, 0.5, -2.0], np.float32)
+    scale = ap.Variable(1.5)
+    with ap.Graph() as g:
+        x = ap.placeholder((3,))
+        y = ap.tanh(x) * x * scale
+        (jvp,) = ap.forward_gradients(y, x, [tv])
+        (d_scale,) = ap.forward_gradients(y, scale, [1.0])  # a variable as the x
+        with pytest.raises(ValueError, match="tangents do not match xs"):
+            ap.forward_gradients(y, x, [tv, tv])
+        with pytest.raises(ValueError, match="another shape"):
+            ap.forward_gradients(y, x, [np.ones(2, np.float32)])
+    got, got_scale = g.run([jvp, d_scale], {x: xv})
+    want = jax.jvp(lambda x: jnp.tanh(x) * x * 1.5, (xv,), (tv,))[1]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(got_scale, np.tanh(xv) * xv, rtol=1e-6)

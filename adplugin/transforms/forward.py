@@ -7,18 +7,29 @@ from typing import Any
 from adplugin._errors import DerivativeError, message
 from adplugin._primitive import NOT_DIFFERENTIABLE, get_primitive
 from adplugin.ir.graph import Tensor
-from adplugin.transforms.reverse import _as_list, _check_tensors, active_nodes, filled_like
+from adplugin.transforms.reverse import (
+    _as_graph_tensors,
+    _as_list,
+    _check_tensors,
+    active_nodes,
+    filled_like,
+)
 
 
 def forward_gradients(ys: Any, xs: Any, tangents: Any) -> list[Tensor]:
     """Directional derivatives of each y along `tangents` (one per x), as graph tensors."""
     ys_list, _ = _as_list(ys)
-    xs_list, _ = _as_list(xs)
+    graph = _check_tensors("ys", ys_list, None)
+    xs_list = _as_graph_tensors(_as_list(xs)[0], graph)
     ts_list, _ = _as_list(tangents)
-    graph = _check_tensors("xs", xs_list, _check_tensors("ys", ys_list, None))
+    _check_tensors("xs", xs_list, graph)
+    if len(ts_list) != len(xs_list):
+        raise ValueError(message("forward_gradients", "tangents do not match xs",
+                                 f"{len(ts_list)} tangents", f"{len(xs_list)}, one per x",
+                                 "give one tangent per x, of its shape"))
     active = active_nodes(graph, xs_list)
     with graph.building():
-        tan: dict[int, Tensor] = {x.node.id: graph._as_tensor(t, "forward_gradients")
+        tan: dict[int, Tensor] = {x.node.id: _tangent(graph, x, t)
                                   for x, t in zip(xs_list, ts_list)}
         last = max(y.node.id for y in ys_list)
         for node in graph.nodes[min(tan):last + 1]:
@@ -42,3 +53,15 @@ def forward_gradients(ys: Any, xs: Any, tangents: Any) -> list[Tensor]:
             if total is not None:
                 tan[node.id] = total
         return [tan[y.node.id] if y.node.id in tan else filled_like(y, 0) for y in ys_list]
+
+
+def _tangent(graph: Any, x: Tensor, t: Any) -> Tensor:
+    """The tangent for x as a tensor of x's shape and dtype."""
+    t = graph._as_tensor(t, "forward_gradients")
+    if tuple(t.shape) != tuple(x.shape):
+        raise ValueError(message("forward_gradients", f"the tangent for {x.name} has another "
+                                 "shape", list(t.shape), list(x.shape),
+                                 "give each x a tangent of its own shape"))
+    if t.dtype != x.dtype:
+        t = get_primitive("convert_element_type").bind(t, new_dtype=x.dtype, weak_type=False)
+    return t

@@ -168,7 +168,7 @@ def unconnected_mode(value: Any, op: str = "gradients") -> str:
                              "pass one of them"))
 
 
-def _as_graph_tensors(what: str, vs: list[Any], graph: Graph | None) -> list[Any]:
+def _as_graph_tensors(vs: list[Any], graph: Graph | None) -> list[Any]:
     """Variables stand for their read node in the graph (TensorFlow 1's `gradients(y, var)`)."""
     from adplugin.eager.variable import Variable
     from adplugin.ir.variables import read_node
@@ -247,8 +247,8 @@ def gradients(ys: Any, xs: Any, grad_ys: Any = None,
     mode = unconnected_mode(unconnected_gradients)
     ys_list, _ = _as_list(ys)
     graph = _check_tensors("ys", ys_list, None)
-    xs_list = _as_graph_tensors("xs", _as_list(xs)[0], graph)
-    stop_list = _as_graph_tensors("stop_gradients", _as_list(stop_gradients)[0]
+    xs_list = _as_graph_tensors(_as_list(xs)[0], graph)
+    stop_list = _as_graph_tensors(_as_list(stop_gradients)[0]
                                   if stop_gradients is not None else [], graph)
     _check_tensors("xs", xs_list, graph)
     _check_tensors("stop_gradients", stop_list, graph)
