@@ -94,7 +94,10 @@ class Optimizer:
         self._excluded_names: list[str] = []
         self._slots: weakref.WeakKeyDictionary[Variable, _Slot] = weakref.WeakKeyDictionary()
         self._iterations = _Slot(jnp.zeros((), jnp.int32))
-        self._step = jax.jit(self._update, static_argnames=("schedule",))
+        # a number is an input of the step (a cell: ap.function sees it change, no recompile)
+        self._lr_cell = _Slot(jnp.zeros((), jnp.float32))
+        if learning_rate is not None and not callable(learning_rate):
+            self._lr_cell._write(jnp.asarray(float(learning_rate), jnp.float32))
 
     # --- learning rate and iterations -----------------------------------------------------------
 
@@ -120,6 +123,8 @@ class Optimizer:
             raise AttributeError("this optimizer wraps a ready optax transformation: build a "
                                  "new one to change its learning rate")
         self._learning_rate = value if callable(value) else float(value)
+        if not callable(value):
+            self._lr_cell._write(jnp.asarray(float(value), jnp.float32))
 
     def _schedule(self) -> Any:
         lr = self._learning_rate
@@ -129,7 +134,9 @@ class Optimizer:
         lr = self._learning_rate
         if lr is None or self._schedule() is not None:
             return jnp.zeros((), jnp.float32)  # unused: the step evaluates the schedule
-        return jnp.asarray(lr() if callable(lr) else lr, jnp.float32)
+        if callable(lr):
+            return jnp.asarray(lr(), jnp.float32)
+        return self._lr_cell._read()
 
     def exclude_from_weight_decay(self, var_list: Iterable[Variable] | None = None,
                                   var_names: Iterable[str] | None = None) -> None:
@@ -183,8 +190,9 @@ class Optimizer:
 
     def _slot(self, v: Variable) -> _Slot:
         slot = self._slots.get(v)
-        if slot is None:  # from the committed value: the state's shape, never a traced value
-            slot = self._slots[v] = _Slot(self._init_state(v._stored))
+        if slot is None:  # from the committed value, concretely even inside ap.function's
+            with jax.ensure_compile_time_eval():  # trace: no second trace to lift it
+                slot = self._slots[v] = _Slot(self._init_state(v._stored))
         return slot
 
     def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Variable]]) -> None:
@@ -201,10 +209,10 @@ class Optimizer:
         grads = [_gradient_value(g, v) for g, v in pairs]
         slots = [self._slot(v) for v in variables]
         count = self._iterations._read()
-        new_params, new_states = self._step(grads, [s._read() for s in slots],
-                                            [v.value for v in variables], self._lr_input(),
-                                            count, self._decays(variables),
-                                            schedule=self._schedule())
+        new_params, new_states = _STEP(grads, [s._read() for s in slots],
+                                       [v.value for v in variables], self._lr_input(),
+                                       count, self._decays(variables), rule=_Rule(self),
+                                       schedule=self._schedule())
         for v, p in zip(variables, new_params):
             v.assign(p)
         for s, st in zip(slots, new_states):
@@ -215,9 +223,10 @@ class Optimizer:
                  ) -> Any:
         """Minimize `loss`: a callable (computed under a tape here; returns the loss), or, in a
         graph being built, a loss tensor (returns the update op to run, as TensorFlow 1)."""
+        from adplugin.ir.deferred import DeferredTensor
         from adplugin.ir.graph import Tensor
 
-        if isinstance(loss, Tensor):
+        if isinstance(loss, (Tensor, DeferredTensor)):
             from adplugin.ir.training import minimize_in_graph
 
             return minimize_in_graph(self, loss, var_list)
@@ -236,6 +245,36 @@ class Optimizer:
         var_list = var_list if var_list is not None else tape.watched_variables()
         self.apply_gradients(zip(tape.gradient(value, var_list), var_list))
         return value
+
+
+class _Rule:
+    """An optimizer as a static argument of the shared jitted step: equal to another when the
+    update rule is the same (class, public hyperparameters, the very optax transformation), so
+    optimizers built alike share one compiled step."""
+
+    __slots__ = ("optimizer", "_public")
+
+    def __init__(self, optimizer: Optimizer):
+        self.optimizer = optimizer
+        self._public = tuple(sorted((k, v) for k, v in vars(optimizer).items()
+                                    if not k.startswith("_") and
+                                    isinstance(v, (bool, int, float, str, type(None)))))
+
+    def __hash__(self) -> int:
+        return hash((type(self.optimizer), self._public))
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, _Rule) and type(self.optimizer) is type(other.optimizer)
+                and self._public == other._public
+                and self.optimizer._transform is other.optimizer._transform)
+
+
+def _step(grads: list[Any], states: list[Any], params: list[Any], lr: Any, count: Any,
+          decays: list[Any], rule: _Rule, schedule: Any) -> tuple[list[Any], list[Any]]:
+    return rule.optimizer._update(grads, states, params, lr, count, decays, schedule)
+
+
+_STEP = jax.jit(_step, static_argnames=("rule", "schedule"))
 
 
 def _check_pair(g: Any, v: Any) -> None:

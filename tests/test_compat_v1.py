@@ -316,3 +316,15 @@ def test_placeholder_dtypes_and_partial_shapes() -> None:
     with tf.Session() as sess:
         np.testing.assert_allclose(sess.run(tf.exp(full), {full: [0.0, 1.0]}), [1, np.e],
                                    rtol=1e-6)
+
+
+def test_top_level_gradients_and_minimize_take_unknown_shapes() -> None:
+    with ap.Graph() as g:
+        x = ap.placeholder(None, name="x")
+        (dx,) = ap.gradients(ap.sum(x * x), [x])
+        w = ap.Variable(np.float32(1.0))
+        update = ap.optimizers.SGD(0.1).minimize(ap.sum(ap.square(x * w - 2.0)))
+    assert float(g.run(dx, {x: 3.0})) == 6.0
+    np.testing.assert_allclose(g.run(dx, {x: np.arange(3, dtype=np.float32)}), [0.0, 2.0, 4.0])
+    g.run(update, {x: np.float32(1.0)})  # d/dw (w - 2)^2 = -2 at w = 1
+    np.testing.assert_allclose(float(w.value), 1.2, rtol=1e-6)

@@ -247,3 +247,22 @@ def test_arguments_of_any_structure():
     np.testing.assert_allclose(np.asarray(got["out"]), a * 2 + 1)
     with pytest.raises(TypeError, match="neither an array nor hashable"):
         f({"a": a, "b": (b0,)}, {2.0})  # a set: not a pytree, not hashable
+
+
+def test_setting_the_learning_rate_between_calls_changes_the_next_step() -> None:
+    w = ap.Variable(np.float32(0.0))
+    opt = ap.optimizers.SGD(learning_rate=1.0)
+
+    @ap.function
+    def step() -> object:
+        with ap.GradientTape() as tape:
+            loss = w * 1.0  # d loss / d w = 1: each step moves w by -learning_rate
+        opt.apply_gradients([(tape.gradient(loss, w), w)])
+        return loss
+
+    step()
+    assert float(w.value) == -1.0
+    opt.learning_rate = 10.0
+    step()
+    assert float(w.value) == -11.0
+    assert step.experimental_get_tracing_count() <= 2

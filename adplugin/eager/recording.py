@@ -77,6 +77,8 @@ class Recording:
             self.sidx[node.id] = len(self.sidx)
             self.prefix = self.prefix.extend(self._entry(node))
             self.prefix_at[node.id] = self.prefix
+            if node.op == CONSTANT:
+                self.values[node.id] = node.value
         self._registered_upto = len(nodes)
 
     def skip_new_nodes(self) -> None:
@@ -90,11 +92,14 @@ class Recording:
             return ("leaf", out.shape, out.dtype.str, out.weak_type)
         if node.op == CONSTANT:
             return structure.constant_entry(node.value, out.weak_type)
-        try:
-            params = structure.freeze(node.params)
-        except TypeError:
-            params = structure.Unkeyable()
-        return (node.op, tuple(self.sidx[i.node.id] for i in node.inputs), params)
+        params: Any = ()
+        if node.params:
+            try:
+                params = structure.freeze(node.params)
+            except TypeError:
+                params = structure.Unkeyable()
+        sidx = self.sidx
+        return (node.op, tuple([sidx[i.node.id] for i in node.inputs]), params)
 
     # --- leaves ---------------------------------------------------------------------------------
 
@@ -189,6 +194,10 @@ class Recording:
         (so reading a value after each op costs O(1) per op); a larger computation runs as a
         program cached by structure (compiled when seen again)."""
         with self.lock:
+            if len(fetches) == 1:
+                value = self._one_op(fetches[0].node)
+                if value is not None:
+                    return [value]
             missing = self._missing(fetches)
             if len(missing) <= INTERPRET_LIMIT or self._traced():
                 return evaluate(missing, fetches, self.values)
@@ -201,6 +210,23 @@ class Recording:
             for t, v in zip(fetches, out):
                 self.values[t.node.id] = v
             return out
+
+    def _one_op(self, node: Any) -> Any:
+        """The value of an op whose inputs are all known, computed now (the common read after
+        each op), or None when that does not apply."""
+        values = self.values
+        if node.id in values:
+            return values[node.id]
+        if node.kind != "op" or not jx.at_top_level():
+            return None
+        try:
+            args = [values[i.node.id] for i in node.inputs]
+        except KeyError:
+            return None
+        if any(jx.is_tracer(a) for a in args):
+            return None
+        value = values[node.id] = node.op.jax_primitive.impl(*args, **node.params)
+        return value
 
     def _missing(self, fetches: Sequence[Tensor]) -> list[Any]:
         """Op nodes the fetches need whose values are not known yet, in graph order."""

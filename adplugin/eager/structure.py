@@ -7,15 +7,13 @@ are interned as paths in a trie: `prefix.extend(entry)` returns the child for th
 same object for the same path. A prefix object *is* the key: equal structures share it, and
 different structures cannot collide.
 
-The trie holds its children weakly: a prefix lives while a recording or a cached program
-refers to it (each prefix keeps its parent), so the trie is bounded by what is in use.
+The trie is one bounded table of edges (see `_TRIE`), so it never grows without limit.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-import weakref
 from typing import Any
 
 import numpy as np
@@ -24,28 +22,35 @@ import numpy as np
 class Prefix:
     """One interned structure sequence (a trie node)."""
 
-    __slots__ = ("parent", "depth", "_children", "__weakref__")
+    __slots__ = ("parent", "depth")
 
     def __init__(self, parent: Prefix | None):
         self.parent = parent
         self.depth: int = 0 if parent is None else parent.depth + 1
-        self._children: weakref.WeakValueDictionary[Any, Prefix] = weakref.WeakValueDictionary()
 
     def extend(self, entry: Any) -> Prefix:
         """The prefix of this sequence followed by `entry` (hashable)."""
-        child = self._children.get(entry)
+        key = (self, entry)
+        child = _TRIE.get(key)
         if child is None:
             with _lock:
-                child = self._children.get(entry)
+                child = _TRIE.get(key)
                 if child is None:
-                    child = Prefix(self)
-                    self._children[entry] = child
+                    if len(_TRIE) >= _MAX_PREFIXES:
+                        _TRIE.clear()  # see below: keys stay exact, old ones merely miss
+                    child = _TRIE[key] = Prefix(self)
         return child
 
     def __repr__(self) -> str:
         return f"<structure prefix of {self.depth} entries>"
 
 
+# The trie's edges, (parent, entry) -> child, in one bounded table. When it is full it is
+# emptied: a prefix made afterwards for a path seen before is a new object, so programs cached
+# under the old one miss (never hit wrongly: one object still always means one sequence).
+# One table and no weak references: a recorded op allocates one small object here.
+_TRIE: dict[tuple[Prefix, Any], Prefix] = {}
+_MAX_PREFIXES = 1_000_000
 _lock = threading.Lock()
 ROOT = Prefix(None)
 

@@ -130,6 +130,7 @@ class Graph:
         self.name = name or f"graph{next(Graph._ids)}"
         self.nodes: list[Node] = []
         self._names: set[str] = set()
+        self._name_counts: dict[str, int] = {}
         self._compiled: Any = None  # an LRU of compiled programs, made on first run
         self._lock = threading.RLock()  # threads may add nodes to one graph at once
 
@@ -150,9 +151,14 @@ class Graph:
         return node.output
 
     def _unique(self, name: str) -> str:
-        candidate, k = name, 1
+        """`name`, or `name_k` with the first free k (amortized O(1): a counter per name)."""
+        candidate, k = name, self._name_counts.get(name, 0)
+        if k:
+            candidate = f"{name}_{k}"
         while candidate in self._names:
-            candidate, k = f"{name}_{k}", k + 1
+            k += 1
+            candidate = f"{name}_{k}"
+        self._name_counts[name] = k + 1
         self._names.add(candidate)
         return candidate
 

@@ -21,6 +21,7 @@ import jax
 import jax.export
 import numpy as np
 
+from adplugin import _jax_adapter as jx
 from adplugin._context import jax_evaluation
 from adplugin._errors import message
 from adplugin._lru import LRU
@@ -36,12 +37,17 @@ if TYPE_CHECKING:
 def evaluate(nodes: Sequence[Node], outputs: Sequence[Tensor], env: dict[int, Any]) -> list[Any]:
     """Values of `outputs`, binding each node's primitive in order (`env`: fed values by id).
 
-    The primitives bind JAX's, whatever graph or tape the caller is building meanwhile."""
+    The primitives bind JAX's, whatever graph or tape the caller is building meanwhile. Where
+    JAX evaluates eagerly (no trace active), each primitive's eager implementation is called
+    directly: the values are concrete, so JAX's dispatch would only lead there, slower."""
+    if jx.at_top_level():
+        return _evaluate(nodes, outputs, env, eager=True)
     with jax_evaluation():
-        return _evaluate(nodes, outputs, env)
+        return _evaluate(nodes, outputs, env, eager=False)
 
 
-def _evaluate(nodes: Sequence[Node], outputs: Sequence[Tensor], env: dict[int, Any]) -> list[Any]:
+def _evaluate(nodes: Sequence[Node], outputs: Sequence[Tensor], env: dict[int, Any],
+              eager: bool) -> list[Any]:
     for node in nodes:
         if node.id in env:
             continue
@@ -59,7 +65,11 @@ def _evaluate(nodes: Sequence[Node], outputs: Sequence[Tensor], env: dict[int, A
         else:
             node_op = node.op
             assert not isinstance(node_op, str)
-            env[node.id] = node_op.bind(*[env[i.node.id] for i in node.inputs], **node.params)
+            args = [env[i.node.id] for i in node.inputs]
+            if eager:
+                env[node.id] = node_op.jax_primitive.impl(*args, **node.params)
+            else:
+                env[node.id] = node_op.bind(*args, **node.params)
     return [env[t.node.id] for t in outputs]
 
 

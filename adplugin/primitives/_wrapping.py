@@ -146,9 +146,10 @@ def result_dtype(name: str, *args: Any) -> tuple[np.dtype, bool]:
 
 
 def convert(x: Any, dtype: np.dtype, weak_type: bool = False) -> Any:
-    """`x` as `dtype` (a Python scalar becomes a constant; arrays get a convert primitive)."""
+    """`x` as `dtype` (a Python scalar becomes a NumPy scalar, a constant wherever it goes;
+    arrays get a convert primitive)."""
     if isinstance(x, (bool, int, float, complex)):
-        return np.asarray(x, dtype)
+        return np.asarray(x, dtype)[()]
     if dtype_of(x) == dtype:
         return x
     return get_primitive("convert_element_type").bind(x, new_dtype=np.dtype(dtype),

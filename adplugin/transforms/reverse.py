@@ -245,6 +245,16 @@ def gradients(ys: Any, xs: Any, grad_ys: Any = None,
     `only` restricts the paths to the nodes it holds (what a gradient tape recorded).
     """
     mode = unconnected_mode(unconnected_gradients)
+    from adplugin.ir.deferred import any_deferred
+    from adplugin.ir.deferred import gradients as deferred_gradients
+
+    if any_deferred(ys, xs, grad_ys):  # shapes known at run time: derived per fed shape
+        if stop_gradients is not None or only is not None:
+            raise GraphError(message("gradients", "stop_gradients with tensors of unknown "
+                                     "shape", "a placeholder with None dimensions",
+                                     "tensors of known shapes", "give the placeholders "
+                                     "their shapes, or use ap.stop_gradient in the graph"))
+        return deferred_gradients(ys, xs, grad_ys, mode)
     ys_list, _ = _as_list(ys)
     graph = _check_tensors("ys", ys_list, None)
     xs_list = _as_graph_tensors(_as_list(xs)[0], graph)
