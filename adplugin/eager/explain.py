@@ -230,26 +230,8 @@ def _unrecorded_target(target: Any, source: Any, rec: Recording | None, tapes: l
             "recorded. Fix: compute it with ap.* ops from watched values.")
 
 
-def _source_nodes(rec: Recording, source: Any) -> list[Tensor]:
-    if isinstance(source, Variable):
-        return list(rec.variable_leaves.get(source, ()))
-    if type(source) is EagerTensor and source.recording is rec and source.node is not None:
-        return [source.node]
-    leaf = rec.leaf_if_seen(source)
-    return [leaf] if leaf is not None and rec.tracks(source) else []
-
-
-def _target_node(rec: Recording, target: Any) -> Tensor | None:
-    if type(target) is EagerTensor:
-        return target.node if target.recording is rec else None
-    if isinstance(target, Variable):
-        leaves = rec.variable_leaves.get(target)
-        return leaves[-1] if leaves else None
-    return rec.leaf_if_seen(target) if rec.tracks(target) else None
-
-
 def _not_watched(source: Any, rec: Recording | None, tape: Any, head: str) -> str:
-    xs = _source_nodes(rec, source) if rec is not None else []
+    xs = rec.source_nodes(source) if rec is not None else []
     others = [i for i, t in enumerate(rec.tapes) if t is not tape
               and any(x.node.id in t._watch_since for x in xs)] if rec is not None else []
     why = "the source is not watched by this tape"
@@ -269,7 +251,7 @@ def _tape_sees(tape: Any, rec: Recording | None, source: Any, counted: set[int])
     """Whether `tape` watches `source` or recorded it (an intermediate it counts)."""
     if isinstance(source, Variable) and tape._watches_variable(source):
         return True
-    xs = _source_nodes(rec, source) if rec is not None else []
+    xs = rec.source_nodes(source) if rec is not None else []
     return any(x.node.id in counted for x in xs)
 
 
@@ -293,10 +275,10 @@ def _explain_recorded(target: Any, source: Any, tape: Any, rec: Recording, head:
     counted = tape._counted(rec) if tape is not None else None
     if tape is not None and not _tape_sees(tape, rec, source, counted or set()):
         return _not_watched(source, rec, tape, head)
-    y = _target_node(rec, target)
+    y = rec.target_node(target)
     if y is None:
         return _unrecorded_target(target, source, rec, tapes)
-    xs = _source_nodes(rec, source)
+    xs = rec.source_nodes(source)
     if counted is not None:
         xs = [x for x in xs if x.node.id in counted]
     if not xs:

@@ -153,6 +153,25 @@ class Recording:
         ids = [t.node.id for t in self.leaves]
         return self.leaves[:bisect.bisect_left(ids, node_id)]
 
+    def source_nodes(self, source: Any) -> list[Tensor]:
+        """The recorded nodes a gradient source stands for (every version read of a variable,
+        a recorded value's node, a tracked array's leaf)."""
+        if isinstance(source, Variable):
+            return list(self.variable_leaves.get(source, ()))
+        if type(source) is EagerTensor and source.recording is self and source.node is not None:
+            return [source.node]
+        leaf = self.leaf_if_seen(source)
+        return [leaf] if leaf is not None and self.tracks(source) else []
+
+    def target_node(self, target: Any) -> Tensor | None:
+        """The recorded node a gradient target stands for (a variable: its latest read)."""
+        if type(target) is EagerTensor and target.recording is self and target.node is not None:
+            return target.node
+        if isinstance(target, Variable):
+            leaves = self.variable_leaves.get(target)
+            return leaves[-1] if leaves else None
+        return self.leaf_if_seen(target) if self.tracks(target) else None
+
     # --- recording ------------------------------------------------------------------------------
 
     def to_graph(self, x: Any) -> Any:

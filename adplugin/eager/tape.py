@@ -244,23 +244,6 @@ class GradientTape:
                         break
         return counted
 
-    def _source_nodes(self, rec: Recording, s: Any) -> list[Tensor]:
-        """The recorded nodes a source stands for (every version read of a variable)."""
-        if isinstance(s, Variable):
-            return list(rec.variable_leaves.get(s, ()))
-        if type(s) is EagerTensor and s.recording is rec and s.node is not None:
-            return [s.node]
-        leaf = rec.leaf_if_seen(s)
-        return [leaf] if leaf is not None and rec.tracks(s) else []
-
-    def _target_node(self, rec: Recording, y: Any) -> Tensor | None:
-        if type(y) is EagerTensor and y.recording is rec and y.node is not None:
-            return y.node
-        if isinstance(y, Variable):
-            leaves = rec.variable_leaves.get(y)
-            return leaves[-1] if leaves else None
-        return rec.leaf_if_seen(y) if rec.tracks(y) else None
-
     def _start_derivation(self, op: str) -> Recording:
         rec = self._rec(op)
         if self._used and not self.persistent:
@@ -305,13 +288,13 @@ class GradientTape:
     def _watches(self, rec: Recording, s: Any) -> bool:
         if isinstance(s, Variable):
             return s in self._watched_vars or s in self._read_vars
-        return any(x.node.id in self._watch_since for x in self._source_nodes(rec, s))
+        return any(x.node.id in self._watch_since for x in rec.source_nodes(s))
 
     def _gradients(self, rec: Recording, targets: list[Any], sources: list[Any],
                    outs: list[Any] | None) -> list[Any]:
-        pairs = [(self._target_node(rec, t), i) for i, t in enumerate(targets)]
+        pairs = [(rec.target_node(t), i) for i, t in enumerate(targets)]
         ys = [y for y, _ in pairs if y is not None]
-        groups = [self._source_nodes(rec, s) for s in sources]
+        groups = [rec.source_nodes(s) for s in sources]
         xs = list({x.node.id: x for g in groups for x in g}.values())
         if not ys or not xs:
             return [None] * len(sources)
@@ -426,8 +409,8 @@ class GradientTape:
 
     def _jacobians(self, rec: Recording, target: Any, sources: list[Any], batch: bool
                    ) -> list[Any]:
-        y = self._target_node(rec, target)
-        groups = [self._source_nodes(rec, s) for s in sources]
+        y = rec.target_node(target)
+        groups = [rec.source_nodes(s) for s in sources]
         xs = list({x.node.id: x for g in groups for x in g}.values())
         if y is None or not xs:
             return [None] * len(sources)
