@@ -113,10 +113,16 @@ def is_weakly_typed(x: Any) -> bool:
 
 def kind_of(dtype: Any) -> str:
     """NumPy's dtype kind letter, with "f" for every floating type (bfloat16 and float8 too)."""
-    dtype = np.dtype(dtype)
-    if dtype.kind == "V" and jax.numpy.issubdtype(dtype, jax.numpy.floating):
-        return "f"
-    return dtype.kind
+    kind = _KINDS.get(dtype)
+    if kind is None:
+        d = np.dtype(dtype)
+        kind = "f" if d.kind == "V" and jax.numpy.issubdtype(d, jax.numpy.floating) else d.kind
+        if isinstance(dtype, np.dtype):
+            _KINDS[dtype] = kind  # one entry per dtype: bounded
+    return kind
+
+
+_KINDS: dict[np.dtype, str] = {}
 
 
 def to_inexact(dtype: Any) -> np.dtype:

@@ -186,8 +186,8 @@ class Graph:
 
     def apply(self, prim: Primitive, args: Sequence[Any], params: dict[str, Any]) -> Tensor:
         """Add a node applying `prim` (non-tensor arguments become constants)."""
-        inputs = tuple(a if type(a) is Tensor and a.graph is self else
-                       self._as_tensor(a, prim.name) for a in args)
+        inputs = tuple([a if type(a) is Tensor and a.graph is self else
+                        self._as_tensor(a, prim.name) for a in args])
         aval = _as_shape_dtype(prim.abstract_eval(*inputs, **params))
         return self._add(prim, inputs, params, aval)
 

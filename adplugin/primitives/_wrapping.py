@@ -35,10 +35,10 @@ def op(*, static_argnames: Sequence[str] = ()) -> Callable[[F], F]:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             operands = (*args, *kwargs.values()) if kwargs else args  # ap.multiply(x=v, y=w)
-            if _any_symbolic(operands) or _scope_takes(operands):
-                deferred = _deferred_handler(operands)
-                if deferred is not None:  # shapes known only at run time: record the call
-                    return deferred(wrapper, args, kwargs)
+            found = _symbolic_scan(operands)
+            if found is not None or _scope_takes(operands):
+                if found is not None and found is not _SYMBOLIC:  # shapes known only when the
+                    return found(wrapper, args, kwargs)  # graph runs: record the call
                 return fn(*args, **kwargs)
             try:
                 return jitted(*args, **kwargs)
@@ -69,17 +69,26 @@ def register_deferred_type(cls: type, handler: Callable[..., Any]) -> None:
     _deferred_types[cls] = handler
 
 
-def _deferred_handler(args: Sequence[Any]) -> Any:
+_SYMBOLIC = object()  # _symbolic_scan's answer for symbolic operands without deferred ones
+
+
+def _symbolic_scan(args: Sequence[Any]) -> Any:
+    """One pass over the operands (and list operands' elements): the deferred-type handler if
+    one is there, else `_SYMBOLIC` if a symbolic value is, else None."""
+    found = None
     for a in args:
         if isinstance(a, (list, tuple)):
-            h = _deferred_handler(a)
-            if h is not None:
-                return h
-        else:
-            h = _deferred_types.get(type(a))
-            if h is not None:
-                return h
-    return None
+            inner = _symbolic_scan(a)
+            if inner is not None and inner is not _SYMBOLIC:
+                return inner
+            found = found or inner
+            continue
+        h = _deferred_types.get(type(a))
+        if h is not None:
+            return h
+        if found is None and is_symbolic(a):
+            found = _SYMBOLIC
+    return found
 
 
 def _scope_takes(args: Sequence[Any]) -> bool:
@@ -90,15 +99,6 @@ def _scope_takes(args: Sequence[Any]) -> bool:
         return False
     flat = [x for a in args for x in (a if isinstance(a, (list, tuple)) else (a,))]
     return scope_taker(scope, flat) is not None
-
-
-def _any_symbolic(args: Sequence[Any]) -> bool:
-    for a in args:
-        if is_symbolic(a):
-            return True
-        if isinstance(a, (list, tuple)) and _any_symbolic(a):
-            return True
-    return False
 
 
 # ----------------------------------------------------------------------------------------------
