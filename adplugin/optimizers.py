@@ -165,7 +165,8 @@ class Optimizer:
     # --- the step -------------------------------------------------------------------------------
 
     def _update(self, grads: list[Any], states: list[Any], params: list[Any], lr: Any,
-                count: Any, decays: list[Any], schedule: Any) -> tuple[list[Any], list[Any]]:
+                count: Any, decays: tuple[float, ...], schedule: Any
+                ) -> tuple[list[Any], list[Any]]:
         if schedule is not None:
             lr = schedule(count)
         grads = self._clipped(grads)
@@ -209,15 +210,15 @@ class Optimizer:
         grads = [_gradient_value(g, v) for g, v in pairs]
         slots = [self._slot(v) for v in variables]
         count = self._iterations._read()
-        new_params, new_states = _STEP(grads, [s._read() for s in slots],
-                                       [v.value for v in variables], self._lr_input(),
-                                       count, self._decays(variables), rule=_Rule(self),
-                                       schedule=self._schedule())
+        new_params, new_states, new_count = _STEP(
+            grads, [s._read() for s in slots], [v.value for v in variables], self._lr_input(),
+            count, decays=tuple(self._decays(variables)), rule=_Rule(self),
+            schedule=self._schedule())
         for v, p in zip(variables, new_params):
-            v.assign(p)
+            v._write(p)  # the step keeps each variable's shape and dtype
         for s, st in zip(slots, new_states):
             s._write(st)
-        self._iterations._write(count + 1)
+        self._iterations._write(new_count)
 
     def minimize(self, loss: Any, var_list: list[Variable] | None = None, tape: Any = None
                  ) -> Any:
@@ -270,11 +271,14 @@ class _Rule:
 
 
 def _step(grads: list[Any], states: list[Any], params: list[Any], lr: Any, count: Any,
-          decays: list[Any], rule: _Rule, schedule: Any) -> tuple[list[Any], list[Any]]:
-    return rule.optimizer._update(grads, states, params, lr, count, decays, schedule)
+          decays: tuple[float, ...], rule: _Rule, schedule: Any
+          ) -> tuple[list[Any], list[Any], Any]:
+    new_params, new_states = rule.optimizer._update(grads, states, params, lr, count, decays,
+                                                    schedule)
+    return ([p.astype(q.dtype) for p, q in zip(new_params, params)], new_states, count + 1)
 
 
-_STEP = jax.jit(_step, static_argnames=("rule", "schedule"))
+_STEP = jax.jit(_step, static_argnames=("decays", "rule", "schedule"))
 
 
 def _check_pair(g: Any, v: Any) -> None:

@@ -55,7 +55,7 @@ def test_a_read_after_each_op_interprets_only_the_new_ops(
             y = ap.tanh(y)
             float(ap.sum(y))  # a read after every op
         loss = ap.sum(y)
-    assert len(counts) == 50 and max(counts) <= 3  # O(1) per read, not the whole prefix
+    assert len(counts) == 50 and max(counts) <= 5  # O(1) per read, not the whole prefix
     want = jax.grad(lambda u: jnp.sum(_tanh_chain(u * 1.0, 50)))(v.value)
     close(tape.gradient(loss, v), want, tol=1e-4)
 

@@ -48,14 +48,19 @@ class Program:
         _warm.update(self._signatures)
         return out
 
-    def _compile(self, values: Sequence[Any]) -> Callable[..., Any]:
-        program = simplified_program(self._graph, self._fetches, self._feeds, self._nodes)
-        return jax.jit(program).lower(*values).compile()
+    def _compile(self, values: Sequence[Any]) -> tuple[Callable[..., Any], list[Any]]:
+        """The jitted program and its outputs for `values`: running it once compiles it and
+        fills jit's C++ dispatch cache, so later calls take JAX's fastest path."""
+        program = jax.jit(simplified_program(self._graph, self._fetches, self._feeds,
+                                             self._nodes))
+        out = list(program(*values))
+        jax.block_until_ready(out)
+        return program, out
 
     def _compile_in(self, config: jx.ConfigSnapshot, values: Sequence[Any]
                     ) -> Callable[..., Any]:
         with config.entered():
-            return self._compile(values)
+            return self._compile(values)[0]
 
     def __call__(self, values: Sequence[Any]) -> list[Any]:
         if any(jx.is_tracer(v) for v in values):  # inside a JAX trace: inline the ops
@@ -65,7 +70,9 @@ class Program:
             compiled = self._take_compiled()
             if compiled is None and not self._failed:
                 if self.uses == 1 and self._compile_first():
-                    compiled = self._compile_now(values)
+                    out = self._compile_now(values)
+                    if out is not None:
+                        return out
                 elif self.uses >= 2 and self._pending is None:
                     self._pending = _COMPILER.submit(self._compile_in, jx.ConfigSnapshot(),
                                                      list(values))
@@ -82,12 +89,14 @@ class Program:
                 self._fail(e)
         return self._compiled
 
-    def _compile_now(self, values: Sequence[Any]) -> Callable[..., Any] | None:
+    def _compile_now(self, values: Sequence[Any]) -> list[Any] | None:
+        """Compile and run now; the outputs, or None if compiling failed (reported)."""
         try:
-            self._compiled = self._compile(values)
+            self._compiled, out = self._compile(values)
         except Exception as e:  # noqa: BLE001 - reported, then interpreted
             self._fail(e)
-        return self._compiled
+            return None
+        return out
 
     def _fail(self, error: Exception) -> None:
         self._failed = True

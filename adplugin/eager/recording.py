@@ -394,14 +394,24 @@ def _bind(prim: Primitive, args: Sequence[Any], params: dict[str, Any]) -> Any:
 
 
 def _recording_takes(scope: Any, args: Sequence[Any]) -> Any:
-    """Ops on plain arrays a recording tracks (watched by identity) are recorded."""
+    """Ops a recording takes though no argument is symbolic: ops on arrays it tracks (watched
+    by identity), and ops on NumPy constants alone (the wrappers broadcasting a Python scalar
+    to a recorded operand's shape): recording them costs no device dispatch, and they are
+    constants of the structure."""
     rec = _recording_of(scope)
-    if rec is None or not rec._leaf_of:
+    if rec is None:
         return None
-    for a in args:
-        if rec.tracks(a):
-            return lambda prim, args, params: rec.record(prim, args, params)
+    if all(isinstance(a, _NUMPY_CONSTANT) for a in args) and any(
+            isinstance(a, (np.generic, np.ndarray)) for a in args):
+        return rec.record
+    if rec._leaf_of:
+        for a in args:
+            if rec.tracks(a):
+                return rec.record
     return None
+
+
+_NUMPY_CONSTANT = (bool, int, float, complex, np.generic, np.ndarray)
 
 
 def read_variable(v: Variable) -> Any:
