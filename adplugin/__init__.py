@@ -18,7 +18,7 @@ from adplugin._primitive import (
 from adplugin.eager.explain import explain_gradient
 from adplugin.eager.function import function
 from adplugin.eager.recording import EagerTensor
-from adplugin.eager.tape import GradientTape, UnconnectedGradients
+from adplugin.eager.tape import GradientTape
 from adplugin.eager.variable import Variable
 from adplugin.frontends.trace import trace
 from adplugin.ir import operators as _operators  # noqa: F401  (Python operators on tensors)
@@ -77,7 +77,7 @@ from adplugin.primitives.shape import (
     transpose,
 )
 from adplugin.transforms.forward import forward_gradients
-from adplugin.transforms.reverse import gradients, hessians
+from adplugin.transforms.reverse import UnconnectedGradients, gradients, hessians
 from adplugin.transforms.simplify import simplify
 
 __all__ = [

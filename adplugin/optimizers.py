@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adplugin._errors import message
-from adplugin.eager.variable import Cell, Variable
+from adplugin.eager.variable import Cell, Variable, plain_value
 
 try:
     import optax
@@ -298,7 +298,7 @@ def _check_pair(g: Any, v: Any) -> None:
 
 
 def _gradient_value(g: Any, v: Variable) -> Any:
-    g = g.value if isinstance(g, Variable) else getattr(g, "materialized", g)
+    g = plain_value(g)
     if getattr(g, "dtype", None) == v.dtype:
         return g
     return jnp.asarray(g, v.dtype)

@@ -191,12 +191,16 @@ def machine_busy_s() -> float | None:
         return None
 
 
-def train_ap(p: dict[str, np.ndarray], cfg: dict[str, Any]) -> dict[str, Any]:
-    Y, R = jnp.asarray(p["Y"]), jnp.asarray(p["R"])
-    X, W, b = (ap.Variable(p[k], name=k) for k in ("X", "W", "b"))
-    params = [X, W, b]
+def cf_model_ap(p: dict[str, np.ndarray], cfg: dict[str, Any]) -> tuple[Any, Any, list[Any], Any]:
+    """The ratings, the variables X, W, b (from the shared initialization) and the Adam."""
+    variables = [ap.Variable(p[k], name=k) for k in ("X", "W", "b")]
     opt = ap.optimizers.Adam(learning_rate=cfg["learning_rate"], epsilon=EPS)
-    lam = cfg["lam"]
+    return jnp.asarray(p["Y"]), jnp.asarray(p["R"]), variables, opt
+
+
+def train_ap(p: dict[str, np.ndarray], cfg: dict[str, Any]) -> dict[str, Any]:
+    Y, R, (X, W, b), opt = cf_model_ap(p, cfg)
+    params, lam = [X, W, b], cfg["lam"]
     compiled_from: list[int] = []
 
     def step() -> Any:
@@ -220,11 +224,8 @@ def train_ap(p: dict[str, np.ndarray], cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_ap_function(p: dict[str, np.ndarray], cfg: dict[str, Any]) -> dict[str, Any]:
-    Y, R = jnp.asarray(p["Y"]), jnp.asarray(p["R"])
-    X, W, b = (ap.Variable(p[k], name=k) for k in ("X", "W", "b"))
-    params = [X, W, b]
-    opt = ap.optimizers.Adam(learning_rate=cfg["learning_rate"], epsilon=EPS)
-    lam = cfg["lam"]
+    Y, R, (X, W, b), opt = cf_model_ap(p, cfg)
+    params, lam = [X, W, b], cfg["lam"]
 
     @ap.function
     def train_step(Y: Any, R: Any) -> Any:

@@ -4,36 +4,26 @@ persistent tape, collaborative filtering; each script also runs as a subprocess.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _examples import EXAMPLES, ROOT, load_example
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
 SHIPPED = EXAMPLES / "data" / "ml-latest-small"
 SHARED = ROOT.parent / "shared" / "data" / "movielens"
 COURSE_SMALL = SHARED / "course-small"
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"examples_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-movielens = _load("movielens")
-gradient_descent = _load("gradient_descent")
-linear_regression = _load("linear_regression")
-tape_two_variables = _load("tape_two_variables")
-collaborative_filtering = _load("collaborative_filtering")
+movielens = load_example("movielens")
+gradient_descent = load_example("gradient_descent")
+linear_regression = load_example("linear_regression")
+tape_two_variables = load_example("tape_two_variables")
+collaborative_filtering = load_example("collaborative_filtering")
 
 needs_course_small = pytest.mark.skipif(not (COURSE_SMALL / "small_movies_Y.csv").exists(),
                                         reason=f"course-small practice set not at {COURSE_SMALL}")

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from _examples import EXAMPLES, ROOT, load_example
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "examples" / "seed_comparison.py"
+SCRIPT = EXAMPLES / "seed_comparison.py"
 EXACT = {"f": 72.0, "df_da": 54.0, "d2f_dadb": 24.0}
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("seed_comparison_example", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-seed = _load()
+seed = load_example("seed_comparison")
 
 
 @pytest.fixture(scope="module")

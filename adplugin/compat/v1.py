@@ -32,13 +32,12 @@ from adplugin import _context
 from adplugin import optimizers as _optimizers
 from adplugin._errors import message
 from adplugin.eager.variable import Variable
-from adplugin.ir import deferred as _deferred
 from adplugin.ir.deferred import DeferredTensor
 from adplugin.ir.graph import FORWARD, GraphError, Tensor
 from adplugin.ir.graph import Graph as _Graph
-from adplugin.ir.training import minimize_in_graph
 from adplugin.ir.variables import GraphOp, group
 from adplugin.primitives import conversion, elementwise, linalg, logic, reductions, shape
+from adplugin.transforms.reverse import gradients as _gradients
 
 __all__ = [
     "Graph", "Session", "InteractiveSession", "Variable", "Tensor", "Operation", "placeholder",
@@ -147,7 +146,7 @@ def gradients(ys: Any, xs: Any, grad_ys: Any = None, name: str | None = None,
               unconnected_gradients: Any = "none", **ignored: Any) -> list[Any]:
     """d(sum ys)/dx for each x: a list, None where x does not reach ys (tf.gradients)."""
     with get_default_graph().building(role=FORWARD):
-        return _deferred.gradients(ys, xs, grad_ys, unconnected_gradients)
+        return _gradients(ys, xs, grad_ys, unconnected_gradients)
 
 
 def assign(ref: Variable, value: Any, name: str | None = None, **ignored: Any) -> Any:
@@ -286,10 +285,8 @@ class _GraphMinimize:
 
     def minimize(self, loss: Any, global_step: Variable | None = None,
                  var_list: list[Variable] | None = None, **ignored: Any) -> Any:
-        if not isinstance(loss, (Tensor, DeferredTensor)):
-            return super().minimize(loss, var_list)  # type: ignore[misc]
-        update = minimize_in_graph(self, loss, var_list)
-        if global_step is None:
+        update = super().minimize(loss, var_list)  # type: ignore[misc]
+        if global_step is None or not isinstance(update, GraphOp):
             return update
         return group(update, GraphOp(None, (), _incrementer(global_step)))
 

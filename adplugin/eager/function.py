@@ -31,7 +31,7 @@ from adplugin import _jax_adapter as jx
 from adplugin._errors import message
 from adplugin._lru import LRU
 from adplugin.eager.recording import EagerTensor
-from adplugin.eager.variable import Cell, Variable
+from adplugin.eager.variable import Cell, Variable, plain_value
 
 _DYNAMIC = object()  # marks, among arguments and results, the places of traced arrays
 
@@ -121,7 +121,7 @@ class _Trace:
         stored = frame.stored_after()
         self.stored = [weakref.ref(c) for c in stored]
         flat, self.out_tree = jax.tree.flatten(out, is_leaf=_is_output_leaf)
-        outs = [_output_value(x) for x in flat]
+        outs = [plain_value(x) for x in flat]
         self.out_statics = [_DYNAMIC if _is_dynamic_out(x) else x for x in outs]
         return [x for x in outs if _is_dynamic_out(x)], [frame.values[c] for c in stored]
 
@@ -196,7 +196,7 @@ class Function:
         if not jx.at_top_level():
             return self.fn(*args)  # inlined into the JAX transformation
         flat, tree = jax.tree.flatten(args, is_leaf=_is_output_leaf)
-        dynamic = [_input_value(x) for x in flat if _is_array(x)]
+        dynamic = [plain_value(x) for x in flat if _is_array(x)]
         statics = [_DYNAMIC if _is_array(x) else x for x in flat]
         key = self._signature(tree, flat, dynamic)
         trace = self._traces.get_or_build(
@@ -225,24 +225,10 @@ class Function:
         return (tree, tuple(parts), types, jx.config_key())
 
 
-def _input_value(x: Any) -> Any:
-    if isinstance(x, EagerTensor):
-        return x.materialized
-    return x
-
-
 def _is_output_leaf(x: Any) -> bool:
     """Arrays and variables; variables pass as themselves (cells the program reads and
     writes, static arguments keyed by identity)."""
     return _is_array(x) or isinstance(x, Variable)
-
-
-def _output_value(x: Any) -> Any:
-    if isinstance(x, Variable):
-        return x.value
-    if isinstance(x, EagerTensor):
-        return x.materialized
-    return x
 
 
 def _is_dynamic_out(x: Any) -> bool:

@@ -33,7 +33,7 @@ from adplugin._primitive import (
 )
 from adplugin.eager import structure
 from adplugin.eager.program import INTERPRET_LIMIT, Program, cached_program
-from adplugin.eager.variable import Variable, jax_read_guards
+from adplugin.eager.variable import Variable, jax_read_guards, plain_value
 from adplugin.ir.graph import CONSTANT, PLACEHOLDER, Graph, Tensor
 from adplugin.ir.operators import install_operators
 from adplugin.lowering.run import evaluate
@@ -339,7 +339,7 @@ def eager_constant(value: Any, dtype: Any = None) -> EagerTensor:
     """A concrete eager tensor (`ap.constant` / `ap.convert_to_tensor` outside graphs)."""
     if isinstance(value, EagerTensor) and dtype is None:
         return value
-    value = value.value if isinstance(value, Variable) else getattr(value, "materialized", value)
+    value = plain_value(value)
     if dtype is None and isinstance(value, (bool, int, float, complex)):
         array = jnp.asarray(value)  # weakly typed, as a Python scalar is
     else:
@@ -359,11 +359,10 @@ def _recording_of(scope: Any) -> Recording | None:
 
 
 def _plain(x: Any, graph: Graph | None = None) -> Any:
-    if type(x) is EagerTensor:
-        return x.materialized
-    if isinstance(x, Variable):
-        return graph_read(graph, x) if graph is not None else x.value
-    return x
+    """`x` as the op takes it: in a graph a variable is its read node, else its value."""
+    if graph is not None and isinstance(x, Variable):
+        return graph_read(graph, x)
+    return plain_value(x)
 
 
 def graph_read(graph: Graph, v: Variable) -> Tensor:

@@ -9,7 +9,6 @@ the ops that count, so a tape never differentiates what it did not see.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,26 +23,10 @@ from adplugin._errors import DerivativeError, message
 from adplugin.eager.explain import warn_none_gradient
 from adplugin.eager.program import Program, cached_program
 from adplugin.eager.recording import EagerTensor, Recording
-from adplugin.eager.variable import Variable
+from adplugin.eager.variable import Variable, plain_value
 from adplugin.ir.graph import Tensor
+from adplugin.transforms.reverse import active_nodes, unconnected_mode
 from adplugin.transforms.reverse import gradients as graph_gradients
-
-
-class UnconnectedGradients(enum.Enum):
-    """What a gradient is for a source the target does not depend on (TensorFlow's enum)."""
-
-    NONE = "none"
-    ZERO = "zero"
-
-
-def unconnected_mode(value: Any, op: str) -> str:
-    if isinstance(value, UnconnectedGradients):
-        return value.value
-    if value in ("none", "zero"):
-        return str(value)
-    raise ValueError(message(op, f"Unknown value for unconnected_gradients: {value!r}",
-                             repr(value), "'none', 'zero' or ap.UnconnectedGradients.NONE/ZERO",
-                             "pass one of them"))
 
 
 def _is_source_leaf(x: Any) -> bool:
@@ -305,7 +288,7 @@ class GradientTape:
                                          "match target", f"{len(outs)} output gradients",
                                          f"{len(targets)}, one per target", "give one per "
                                          "target"))
-            gys = [jnp.asarray(_plain(outs[i])) for y, i in pairs if y is not None]
+            gys = [jnp.asarray(plain_value(outs[i])) for y, i in pairs if y is not None]
         if self._recorded_by_a_tape(rec) or rec._traced():
             by_x = self._symbolic(rec, ys, xs, gys)
         else:
@@ -415,10 +398,8 @@ class GradientTape:
         if y is None or not xs:
             return [None] * len(sources)
         live, counted = self._live(rec, [y], xs)
-        connected = {x.node.id for x, d in zip(live, graph_gradients([y], live, only=counted))
-                     if d is not None} if live else set()
-        rec.skip_new_nodes()
-        live = [x for x in live if x.node.id in connected]
+        live = [x for x in live  # connected: y depends differentiably on x through counted ops
+                if y.node.id in active_nodes(rec.graph, [x], only=counted)]
         if not live:
             return [None] * len(sources)
         if y.size == 0 or any(x.size == 0 for x in live):  # nothing to differentiate: zeros
@@ -518,12 +499,6 @@ def _symbolic_jacobian(rec: Recording, y: Tensor, xs: list[Tensor], counted: set
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, Variable):
-        return x.value
-    return x.materialized if type(x) is EagerTensor else x
-
 
 def _sum(parts: list[Any]) -> Any:
     if not parts:

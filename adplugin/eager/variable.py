@@ -155,7 +155,7 @@ class Variable(Cell, OperatorMethods, ConcreteValueMethods):
             from adplugin.ir.variables import assign_node
 
             return assign_node(scope.graph, self, value)
-        new = _plain(value)
+        new = plain_value(value)
         if not jx.is_tracer(new):
             new = jnp.asarray(new, dtype=self.dtype)
         elif np.dtype(new.dtype) != self.dtype:
@@ -171,13 +171,13 @@ class Variable(Cell, OperatorMethods, ConcreteValueMethods):
         scope = _context.effective()
         if scope is not None and scope.graph is not None:
             return self.assign(self.read_value() + delta)
-        return self.assign(self.value + _plain(delta))
+        return self.assign(self.value + plain_value(delta))
 
     def assign_sub(self, delta: Any) -> Any:
         scope = _context.effective()
         if scope is not None and scope.graph is not None:
             return self.assign(self.read_value() - delta)
-        return self.assign(self.value - _plain(delta))
+        return self.assign(self.value - plain_value(delta))
 
     # --- array protocol -------------------------------------------------------------------------
 
@@ -223,7 +223,7 @@ def _unflatten(aux: tuple[bool, str], children: Any) -> Any:
 jax.tree_util.register_pytree_node(Variable, _flatten, _unflatten)
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """A value as JAX sees it (variables read, eager tensors materialized)."""
     if isinstance(value, Variable):
         return value.value

@@ -29,8 +29,9 @@ from adplugin._lru import LRU
 from adplugin._operator_types import OperatorMethods
 from adplugin._primitive import Primitive, ShapeDtype, register_symbolic_type
 from adplugin.eager.variable import Variable
-from adplugin.ir.graph import FORWARD, Graph, GraphError, Tensor, needed_nodes
+from adplugin.ir.graph import FORWARD, Graph, GraphError, SymbolicValue, Tensor, needed_nodes
 from adplugin.ir.operators import install_operators
+from adplugin.ir.variables import VARIABLE
 from adplugin.primitives._wrapping import register_deferred_type
 
 SPECIALIZATIONS_PER_GRAPH = 16  # fed-shape signatures kept per graph (least recently used out)
@@ -67,7 +68,7 @@ def _flat(args: Sequence[Any]) -> Iterator[Any]:
             yield a
 
 
-class DeferredTensor(OperatorMethods):
+class DeferredTensor(SymbolicValue, OperatorMethods):
     """A graph value whose shape is known only when the graph runs (a placeholder with an
     unknown dimension or rank, or a value computed from one).
 
@@ -116,16 +117,6 @@ class DeferredTensor(OperatorMethods):
         what = "placeholder" if self.is_placeholder else getattr(self.call.fn, "name", "op")
         dtype = self._dtype.name if self._dtype is not None else "?"
         return f"<DeferredTensor {self.name or ''}: {dtype}{shape} = {what}>"
-
-    def __bool__(self) -> bool:
-        raise GraphError(message(
-            "DeferredTensor.__bool__", "a symbolic tensor has no truth value", repr(self),
-            "a concrete value", "use ap.where for data-dependent choices, or run the graph"))
-
-    def __array__(self, *args: Any, **kwargs: Any) -> Any:
-        raise GraphError(message(
-            "DeferredTensor.__array__", "a symbolic tensor has no value until the graph runs",
-            repr(self), "a concrete array", "fetch it with graph.run(tensor, feed_dict)"))
 
 
 class _InScope:
@@ -218,27 +209,20 @@ def any_deferred(*values: Any) -> bool:
 # Gradients on deferred values
 # ----------------------------------------------------------------------------------------------
 
-def gradients(ys: Any, xs: Any, grad_ys: Any = None,
-              unconnected_gradients: str = "none") -> list[Any]:
-    """`ap.gradients` where deferred tensors are among ys, xs or grad_ys: a deferred gradient
-    per x connected to ys, None for the others (zeros with `unconnected_gradients="zero"`)."""
+def gradients(ys: Any, xs: Any, grad_ys: Any, unconnected_gradients: str) -> list[Any]:
+    """What `ap.gradients` gives when deferred tensors are among ys, xs or grad_ys: a deferred
+    gradient per x connected to ys, None for the others (zeros with `unconnected_gradients`
+    "zero", already checked by `ap.gradients`)."""
     from adplugin.transforms.reverse import gradients as graph_gradients
 
     ys_l = list(ys) if isinstance(ys, (list, tuple)) else [ys]
     xs_l = list(xs) if isinstance(xs, (list, tuple)) else [xs]
-    if not any_deferred(ys_l, xs_l, grad_ys):
-        return graph_gradients(ys_l, xs_l, grad_ys, unconnected_gradients)
-    unconnected_gradients = getattr(unconnected_gradients, "value", unconnected_gradients)
     if any(isinstance(x, Variable) for x in xs_l):  # a variable stands for its read node
         from adplugin.ir.variables import read_node
 
         graph = _graph_of("gradients", ys_l)
         with graph.building(role=FORWARD):
             xs_l = [read_node(graph, x) if isinstance(x, Variable) else x for x in xs_l]
-    if unconnected_gradients not in ("none", "zero"):
-        raise ValueError(message("gradients", "unknown unconnected_gradients",
-                                 repr(unconnected_gradients), "'none' or 'zero'",
-                                 "pass one of the two"))
     for t in [*ys_l, *xs_l]:
         if not isinstance(t, (Tensor, DeferredTensor)):
             raise GraphError(message("gradients", "ys and xs must be graph tensors",
@@ -246,7 +230,7 @@ def gradients(ys: Any, xs: Any, grad_ys: Any = None,
                                      "pass the tensors ops returned"))
     gys = None if grad_ys is None else \
         list(grad_ys) if isinstance(grad_ys, (list, tuple)) else [grad_ys]
-    reach = _Reach(ys_l)
+    reach = Reach(ys_l)
     keep = [i for i, x in enumerate(xs_l)
             if unconnected_gradients == "zero" or reach.reaches(x)]
     results: list[Any] = [None] * len(xs_l)
@@ -265,13 +249,13 @@ def gradients(ys: Any, xs: Any, grad_ys: Any = None,
     return results
 
 
-class _Reach:
+class Reach:
     """What `ys` depend on: recorded calls, source-graph nodes and variables read."""
 
     def __init__(self, ys: Sequence[Any]):
         self.calls: set[int] = set()  # ids of calls, alive meanwhile: the ys hold them
         self.nodes: set[int] = set()
-        self.variables: set[int] = set()  # ids of variables, alive: the calls hold them
+        self.variables: dict[int, Variable] = {}  # id -> variable, in the order met
         stack = list(ys)
         plain: list[Tensor] = []
         while stack:
@@ -281,18 +265,19 @@ class _Reach:
             elif type(t) is DeferredTensor and id(t.call) not in self.calls:
                 self.calls.add(id(t.call))
                 stack.extend(t.call.inputs())
-                self.variables.update(id(a) for a in _flat((*t.call.args, *t.call.kwargs.values()))
-                                      if isinstance(a, Variable))
+                for a in _flat((*t.call.args, *t.call.kwargs.values())):
+                    if isinstance(a, Variable):
+                        self.variables.setdefault(id(a), a)
         if plain:
             for node in needed_nodes(plain[0].graph, plain):
                 self.nodes.add(node.id)
-                if node.op == "variable":
-                    self.variables.add(id(node.value))
+                if node.op == VARIABLE:
+                    self.variables.setdefault(id(node.value), node.value)
 
     def reaches(self, x: Any) -> bool:
         if type(x) is DeferredTensor:
             return id(x.call) in self.calls
-        if x.node.op == "variable" and id(x.node.value) in self.variables:
+        if x.node.op == VARIABLE and id(x.node.value) in self.variables:
             return True
         return x.node.id in self.nodes
 
@@ -313,9 +298,12 @@ class _State:
 
 
 def _state(graph: Graph) -> _State:
-    state = graph.__dict__.get("_deferred")
-    if state is None:  # setdefault is atomic: racing threads get one state
-        state = graph.__dict__.setdefault("_deferred", _State(graph))
+    state = graph._deferred
+    if state is None:
+        with graph._lock:
+            if graph._deferred is None:
+                graph._deferred = _State(graph)
+            state = graph._deferred
     assert isinstance(state, _State)
     return state
 

@@ -65,7 +65,25 @@ class Node:
         return f"Node({self.id}, {self.op_name}, role={self.role})"
 
 
-class Tensor(OperatorMethods):
+class SymbolicValue:
+    """Mixin of graph values: no truth value and no array until the graph runs."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        raise GraphError(message(
+            f"{type(self).__name__}.__bool__", "a symbolic tensor has no truth value",
+            repr(self), "a concrete value",
+            "use ap.where for data-dependent choices, or run the graph"))
+
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        raise GraphError(message(
+            f"{type(self).__name__}.__array__", "a symbolic tensor has no value until the "
+            "graph runs", repr(self), "a concrete array",
+            "fetch it with graph.run(tensor, feed_dict)"))
+
+
+class Tensor(SymbolicValue, OperatorMethods):
     """A symbolic value of a graph: shape, dtype and the node that computes it.
 
     Works with every `ap.*` op and with Python operators (`2*a*b**2 + 3*a**2*b`).
@@ -97,16 +115,6 @@ class Tensor(OperatorMethods):
     def __repr__(self) -> str:
         return f"<Tensor {self.name}: {self.type_str} = {self.node.op_name}>"
 
-    def __bool__(self) -> bool:
-        raise GraphError(message(
-            "Tensor.__bool__", "a symbolic tensor has no truth value", repr(self),
-            "a concrete value", "use ap.where for data-dependent choices, or run the graph"))
-
-    def __array__(self, *args: Any, **kwargs: Any) -> Any:
-        raise GraphError(message(
-            "Tensor.__array__", "a symbolic tensor has no value until the graph runs",
-            repr(self), "a concrete array", "fetch it with graph.run(tensor, feed_dict)"))
-
     # operators are attached below, from the ap.* ops
 
 
@@ -133,6 +141,8 @@ class Graph:
         self._name_counts: dict[str, int] = {}
         self._compiled: Any = None  # an LRU of compiled programs, made on first run
         self._lock = threading.RLock()  # threads may add nodes to one graph at once
+        self._variable_reads: dict[Any, Tensor] = {}  # variable -> its read node (ir.variables)
+        self._deferred: Any = None  # placeholders of unknown shape and their specializations
 
     # --- building ---------------------------------------------------------------------------
 

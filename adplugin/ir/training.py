@@ -18,27 +18,15 @@ from typing import Any
 
 from adplugin._errors import message
 from adplugin.eager.variable import Variable
-from adplugin.ir.deferred import DeferredTensor, _calls_needed, _flat, gradients
-from adplugin.ir.graph import FORWARD, Graph, Tensor, needed_nodes
-from adplugin.ir.variables import VARIABLE, GraphOp, assign_node, read_node
+from adplugin.ir.deferred import Reach
+from adplugin.ir.graph import FORWARD, Graph, Tensor
+from adplugin.ir.variables import GraphOp, assign_node, read_node
+from adplugin.transforms.reverse import gradients
 
 
 def variables_of(loss: Any) -> list[Variable]:
-    """The trainable variables `loss` reads, in the order the graph first reads them."""
-    found: dict[int, Variable] = {}
-    plain: list[Tensor] = [loss] if isinstance(loss, Tensor) else []
-    if isinstance(loss, DeferredTensor):
-        for call in _calls_needed(loss, {}):
-            for a in _flat((*call.args, *call.kwargs.values())):
-                if isinstance(a, Variable):
-                    found.setdefault(id(a), a)
-                elif isinstance(a, Tensor):
-                    plain.append(a)
-    if plain:
-        for node in needed_nodes(plain[0].graph, plain):
-            if node.op == VARIABLE:
-                found.setdefault(id(node.value), node.value)
-    return [v for v in found.values() if v.trainable]
+    """The trainable variables `loss` reads."""
+    return [v for v in Reach([loss]).variables.values() if v.trainable]
 
 
 def _in_graph_sgd(optimizer: Any) -> bool:

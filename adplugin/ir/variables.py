@@ -8,7 +8,6 @@ input's value; `run` stores it in the variable after the program ran.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,15 +21,15 @@ ASSIGN = "assign"  # its output is its input's value, which run() then stores in
 
 def read_node(graph: Graph, v: Any) -> Tensor:
     """The node reading variable `v` in `graph` (one per variable and graph)."""
-    reads = graph.__dict__.setdefault("_variable_reads", {})
+    reads = graph._variable_reads
     hit = reads.get(v)
-    if hit is None:  # (its own lock: graph._add takes the graph's)
-        with graph.__dict__.setdefault("_variable_reads_lock", threading.Lock()):
+    if hit is None:
+        with graph._lock:  # re-entrant: _add takes it too
             hit = reads.get(v)
             if hit is None:
                 hit = reads[v] = graph._add(VARIABLE, (), {}, ShapeDtype(v.shape, v.dtype),
                                             name=v.name, value=v)
-    return hit  # type: ignore[no-any-return]
+    return hit
 
 
 def assign_node(graph: Graph, v: Any, value: Any) -> Any:
@@ -58,16 +57,8 @@ def _assign_node(graph: Graph, v: Any, value: Any) -> Tensor:
                                  list(t.shape), list(v.shape), "assign a value of the "
                                  "variable's shape"))
     if t.dtype != v.dtype:
-        with graph.building(role=graph_role(graph)):
-            t = astype(t, v.dtype)
+        t = astype(t, v.dtype)  # a node of t's graph, with the role the context gives
     return graph._add(ASSIGN, (t,), {}, ShapeDtype(v.shape, v.dtype), value=v)
-
-
-def graph_role(graph: Graph) -> str:
-    from adplugin import _context
-
-    scope = _context.current()
-    return scope.role if scope is not None and scope.graph is graph else "forward"
 
 
 Effect = Callable[[list[Any]], None]

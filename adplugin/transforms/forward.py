@@ -12,6 +12,7 @@ from adplugin.transforms.reverse import (
     _as_list,
     _check_tensors,
     active_nodes,
+    conformed,
     filled_like,
 )
 
@@ -29,7 +30,7 @@ def forward_gradients(ys: Any, xs: Any, tangents: Any) -> list[Tensor]:
                                  "give one tangent per x, of its shape"))
     active = active_nodes(graph, xs_list)
     with graph.building():
-        tan: dict[int, Tensor] = {x.node.id: _tangent(graph, x, t)
+        tan: dict[int, Tensor] = {x.node.id: conformed(graph, t, x, "forward_gradients", "tangent")
                                   for x, t in zip(xs_list, ts_list)}
         last = max(y.node.id for y in ys_list)
         for node in graph.nodes[min(tan):last + 1]:
@@ -53,15 +54,3 @@ def forward_gradients(ys: Any, xs: Any, tangents: Any) -> list[Tensor]:
             if total is not None:
                 tan[node.id] = total
         return [tan[y.node.id] if y.node.id in tan else filled_like(y, 0) for y in ys_list]
-
-
-def _tangent(graph: Any, x: Tensor, t: Any) -> Tensor:
-    """The tangent for x as a tensor of x's shape and dtype."""
-    t = graph._as_tensor(t, "forward_gradients")
-    if tuple(t.shape) != tuple(x.shape):
-        raise ValueError(message("forward_gradients", f"the tangent for {x.name} has another "
-                                 "shape", list(t.shape), list(x.shape),
-                                 "give each x a tangent of its own shape"))
-    if t.dtype != x.dtype:
-        t = get_primitive("convert_element_type").bind(t, new_dtype=x.dtype, weak_type=False)
-    return t

@@ -157,13 +157,21 @@ def filled_like(t: Tensor, value: float) -> Tensor:
                                                   broadcast_dimensions=())
 
 
+class UnconnectedGradients(enum.Enum):
+    """What a gradient is for a source the target does not depend on (TensorFlow's enum)."""
+
+    NONE = "none"
+    ZERO = "zero"
+
+
 def unconnected_mode(value: Any, op: str = "gradients") -> str:
     """'none' or 'zero', from a string or an `ap.UnconnectedGradients` member (any enum whose
-    value is one of the two); anything else is an error."""
+    value is one of the two); anything else is an error (for graphs and tapes alike)."""
     raw = value.value if isinstance(value, enum.Enum) else value
     if isinstance(raw, str) and raw in ("none", "zero"):
         return raw
-    raise ValueError(message(op, "unknown value for unconnected_gradients", repr(value),
+    raise ValueError(message(op, f"Unknown value for unconnected_gradients: {value!r}",
+                             f"an unknown value for unconnected_gradients, {value!r}",
                              "'none', 'zero' or ap.UnconnectedGradients.NONE/ZERO",
                              "pass one of them"))
 
@@ -197,21 +205,21 @@ def _seeds(graph: Graph, ys: Sequence[Tensor], grad_ys: Any) -> list[Tensor | No
     if len(gys) != len(ys):
         raise ValueError(message("gradients", "grad_ys does not match ys", f"{len(gys)} grad_ys",
                                  f"{len(ys)}, one per y", "give one weight tensor per y"))
-    out: list[Tensor | None] = []
-    for y, gy in zip(ys, gys):
-        if gy is None:
-            out.append(None)
-            continue
-        t = graph._as_tensor(gy, "gradients")
-        if tuple(t.shape) != tuple(y.shape):
-            raise ValueError(message("gradients", f"grad_ys for {y.name} has another shape",
-                                     list(t.shape), list(y.shape),
-                                     "give each y a weight of its own shape"))
-        if t.dtype != y.dtype:
-            t = get_primitive("convert_element_type").bind(t, new_dtype=y.dtype,
-                                                           weak_type=False)
-        out.append(t)
-    return out
+    return [None if gy is None else conformed(graph, gy, y, "gradients", "grad_ys")
+            for y, gy in zip(ys, gys)]
+
+
+def conformed(graph: Graph, value: Any, like: Tensor, op: str, what: str) -> Tensor:
+    """`value` as a tensor of `graph` with `like`'s dtype; its shape must be `like`'s (a
+    weight for a y, a tangent for an x)."""
+    t = graph._as_tensor(value, op)
+    if tuple(t.shape) != tuple(like.shape):
+        raise ValueError(message(op, f"{what} for {like.name} has another shape",
+                                 list(t.shape), list(like.shape),
+                                 f"give each {what} the shape of its tensor"))
+    if t.dtype != like.dtype:
+        t = get_primitive("convert_element_type").bind(t, new_dtype=like.dtype, weak_type=False)
+    return t
 
 
 def _backward(graph: Graph, cts: dict[int, Tensor], active: set[int], first: int, last: int,
