@@ -66,20 +66,25 @@ def _tanh_chain(y: Any, n: int) -> Any:
     return y
 
 
-def test_a_step_that_reads_a_variable_after_the_loss_keeps_working() -> None:
-    # The program cache used to hit with another leaf count: reading `b` after the loss
-    # broke every later step of that structure.
+def test_steps_with_and_without_extra_reads_each_keep_working() -> None:
+    # The program cache used to hit with another leaf count: a step that read `b` after the
+    # loss broke every later step of that structure. Steps here read `b` before the loss,
+    # after it, or not at all, in turn; each must get its own (compiled) program.
     w = ap.Variable(np.float32(2.0))
     b = ap.Variable(np.float32(3.0))
-    for step in range(4):
+    for step in range(9):
         with ap.GradientTape() as tape:
+            extra = b * 2.0 if step % 3 == 0 else None  # a leaf before w's
             loss = ap.square(w * 1.5)
-            extra = b * 2.0  # read after the loss
+            if step % 3 == 1:
+                extra = b * 2.0  # a leaf after the loss
         (gw,) = tape.gradient(loss, [w])
         close(gw, 2 * 1.5 * 1.5 * float(w.value))
-        close(extra, 2 * float(b.value))
+        if extra is not None:
+            close(extra, 2 * float(b.value))
         w.assign_sub(0.1 * gw)
-        del step
+        for p in program_module._PROGRAMS.values():  # later steps run compiled programs
+            p.wait_compiled()
 
 
 def _train(steps: int) -> list[Any]:
@@ -95,26 +100,36 @@ def _train(steps: int) -> list[Any]:
     return out
 
 
-def test_background_compiles_run_in_the_callers_x64_context() -> None:
+@pytest.fixture
+def compile_in_background(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Programs never compile on their first call: the second one compiles in the background
+    thread (the path that must carry the caller's configuration and survive failures)."""
     program_module._PROGRAMS.clear()
+    monkeypatch.setattr(program_module.Program, "_compile_first", lambda self: False)
+
+
+def test_background_compiles_run_in_the_callers_x64_context(compile_in_background: None
+                                                            ) -> None:
     with jax.enable_x64(True):
         results = _train(3)
         for p in program_module._PROGRAMS.values():
             p.wait_compiled()
         results += _train(2)
-    assert all(dtype == np.float64 for _, dtype in results)
-    with jax.enable_x64(True):
         w = jnp.linspace(0.1, 0.4, 4)
         x = jnp.linspace(-1.0, 1.0, 4)
         want = jax.grad(lambda u: jnp.sum(jnp.exp(u * x) - u * u))(w)
+    assert all(dtype == np.float64 for _, dtype in results)
     close(results[-2][0], want)
     compiled = [p for p in program_module._PROGRAMS.values() if p._compiled is not None]
     assert compiled, "the repeated structure was compiled"
 
 
+@pytest.mark.parametrize("where", ["first call", "background"])
 def test_a_failed_compile_warns_once_and_falls_back_to_interpretation(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     program_module._PROGRAMS.clear()
+    first = where == "first call"
+    monkeypatch.setattr(program_module.Program, "_compile_first", lambda self: first)
 
     def broken(self: Any, values: Any) -> Any:
         raise RuntimeError("planted compile failure")
@@ -136,13 +151,15 @@ def test_a_failed_compile_warns_once_and_falls_back_to_interpretation(
 
 
 def test_programs_are_keyed_by_constant_values_not_identities() -> None:
-    # Two steps whose recorded constants differ only in value must not share a program.
+    # Steps whose recorded constants (Python numbers) differ only in value must not share a
+    # program; ones that agree do.
     w = ap.Variable(np.ones(3, np.float32))
-    for scale in (2.0, 3.0, 2.0, 3.0):
-        c = np.full(3, scale, np.float32)
+    for scale in (2.0, 3.0, 2.0, 3.0, 2.0, 3.0):
         with ap.GradientTape() as tape:
-            loss = ap.sum(w * w * ap.constant(scale))
-        close(tape.gradient(loss, w), 2 * c)
+            loss = ap.sum(w * w * scale)
+        close(tape.gradient(loss, w), np.full(3, 2 * scale))
+        for p in program_module._PROGRAMS.values():
+            p.wait_compiled()
 
 
 def test_eager_constants_have_operators_and_are_recorded_when_watched() -> None:
