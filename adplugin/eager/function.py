@@ -137,7 +137,10 @@ class _Trace:
     def _take(self, more: list[Cell]) -> None:
         """Trace again with `more` cells as inputs."""
         known = {r() for r in self.cells}
-        self.cells += [weakref.ref(c) for c in more if c not in known]
+        new = [weakref.ref(c) for c in more if c not in known]
+        self.cells += new
+        for ref in new:  # other signatures' traces start with them
+            self.owner._known.setdefault(ref, ref)
         self.pending = []
         self._jitted = jax.jit(self._pure)
 
@@ -201,11 +204,7 @@ class Function:
         key = self._signature(tree, flat, dynamic)
         trace = self._traces.get_or_build(
             key, lambda: _Trace(self, tree, statics, list(self._known.values())))
-        try:
-            return trace(dynamic)
-        finally:
-            for ref in trace.cells:
-                self._known.setdefault(ref, ref)
+        return trace(dynamic)
 
     def _signature(self, tree: Any, flat: list[Any], dynamic: list[Any]) -> Hashable:
         parts: list[Any] = []
