@@ -38,6 +38,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import run_meta
 from absl import app, flags
 
 import adplugin as ap
@@ -349,9 +350,7 @@ def run(sizes: list[int], repeats: int, peer_repeats: int, sympy_sizes: list[int
                                             f"--sympy_max={sympy_max} (expression swell; "
                                             "see the swell table)" if sympy_skipped else None)},
     }
-    meta = {"jax": jax.__version__, "backend": jax.default_backend(),
-            "python": platform.python_version(), "machine": platform.machine(),
-            "processor": platform.processor(),
+    meta = {**run_meta(), "processor": platform.processor(),
             "sympy": getattr(sympy, "__version__", None),
             "tensorflow": getattr(tf, "__version__", None)}
     config = {"sizes": sizes, "repeats": repeats, "peer_repeats": peer_repeats,

@@ -7,13 +7,12 @@
 
 Prints a table and writes JSON (ratios ap / jnp: below 1 means adplugin is faster).
 
-    python benchmarks/primitives_vs_jnp.py [--data DIR] [--repeats N] [--out FILE]
+    python benchmarks/primitives_vs_jnp.py [--data PATH] [--repeats N] [--quick] [--out FILE]
 """
 
 from __future__ import annotations
 
 import json
-import platform
 import re
 import time
 from collections.abc import Callable
@@ -23,17 +22,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import DEFAULT_RATINGS, load_ratings, run_meta
 from absl import app, flags
 
 import adplugin as ap
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data", str(HERE.parent.parent / "shared/data/movielens/course-small"),
-                    "directory of the MovieLens practice set (small_movies_Y.csv, _R.csv)")
+flags.DEFINE_string("data", str(DEFAULT_RATINGS),
+                    "the MovieLens practice set: the shipped .npz or its CSV folder")
 flags.DEFINE_integer("repeats", 30, "timed repetitions of each compiled step (median taken)")
 flags.DEFINE_integer("features", 100, "collaborative-filtering features")
 flags.DEFINE_string("out", str(HERE / "results/primitives_vs_jnp.json"), "JSON output file")
+flags.DEFINE_bool("quick", False, "3 repetitions (a smoke run for the test suite)")
 
 LAMBDA = 1.5
 
@@ -110,16 +111,9 @@ def hlo_op_count(jitted: Callable[..., Any], *args: Any) -> int:
     return sum(1 for m in _HLO_OP.finditer(text) if m.group(2) != "parameter")
 
 
-def load_course_small(directory: str) -> tuple[np.ndarray, np.ndarray]:
-    d = Path(directory)
-    Y = np.loadtxt(d / "small_movies_Y.csv", delimiter=",", dtype=np.float32)
-    R = np.loadtxt(d / "small_movies_R.csv", delimiter=",", dtype=np.float32)
-    return Y, R
-
-
 def compiled_rows(repeats: int) -> list[dict[str, Any]]:
     rows = []
-    Y, R = load_course_small(FLAGS.data)
+    Y, R = load_ratings(FLAGS.data)
     rng = np.random.default_rng(0)
     n_movies, n_users = Y.shape
     X = (rng.standard_normal((n_movies, FLAGS.features)) * 0.1).astype(np.float32)
@@ -185,7 +179,8 @@ def _loop(fn: Callable[[], Any], n: int) -> Any:
 
 def main(argv: list[str]) -> None:
     del argv
-    rows = compiled_rows(FLAGS.repeats) + eager_rows(FLAGS.repeats)
+    repeats = 3 if FLAGS.quick else FLAGS.repeats
+    rows = compiled_rows(repeats) + eager_rows(repeats)
     print(f"{'benchmark':58} {'ap':>11} {'jnp':>11} {'ap/jnp':>7} {'HLO ops ap/jnp':>15}")
     for r in rows:
         ops = f"{r['hlo_ops_ap']}/{r['hlo_ops_jnp']}" if "hlo_ops_ap" in r else ""
@@ -194,8 +189,7 @@ def main(argv: list[str]) -> None:
               f"{unit} {r['ratio']:7.3f} {ops:>15}")
     out = Path(FLAGS.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"jax": jax.__version__, "backend": jax.default_backend(),
-            "device": str(jax.devices()[0]), "python": platform.python_version()}
+    meta = run_meta()
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"wrote {out}")
 

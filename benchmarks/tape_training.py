@@ -50,7 +50,6 @@ import gc
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -62,6 +61,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import DEFAULT_RATINGS, load_ratings, run_meta
 from absl import app, flags
 
 import adplugin as ap
@@ -69,8 +69,8 @@ from adplugin.eager import program as programs
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data", str(HERE.parents[1] / "shared/data/movielens/course-small"),
-                    "directory of the MovieLens practice set (small_movies_Y.csv, _R.csv)")
+flags.DEFINE_string("data", str(DEFAULT_RATINGS),
+                    "the MovieLens practice set: the shipped .npz or its CSV folder")
 flags.DEFINE_integer("steps", 200, "Adam steps of each training run")
 flags.DEFINE_integer("features", 100, "collaborative-filtering features")
 flags.DEFINE_integer("movies", 0, "use only the first this many movies (0: all)")
@@ -127,9 +127,7 @@ REFERENCE = {
 
 def load_problem(cfg: dict[str, Any]) -> dict[str, np.ndarray]:
     """Mean-normalized ratings, the rated mask and the shared initialization (float32)."""
-    d = Path(cfg["data"])
-    Y = np.loadtxt(d / "small_movies_Y.csv", delimiter=",", dtype=np.float32)
-    R = np.loadtxt(d / "small_movies_R.csv", delimiter=",", dtype=np.float32)
+    Y, R = load_ratings(cfg["data"])
     if cfg["movies"]:
         Y, R = Y[:cfg["movies"]], R[:cfg["movies"]]
     mean = (Y * R).sum(axis=1, keepdims=True) / (R.sum(axis=1, keepdims=True) + 1e-12)
@@ -774,22 +772,6 @@ def print_report(res: dict[str, Any]) -> None:
           f"{ref['latency_ms']}")
 
 
-def adplugin_source() -> dict[str, Any]:
-    """Where the measured adplugin came from: its path, git commit and uncommitted changes."""
-    root = Path(ap.__file__).resolve().parent
-    out: dict[str, Any] = {"path": str(root), "commit": None, "uncommitted_changes": None}
-    try:
-        git = ["git", "-C", str(root)]
-        out["commit"] = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True,
-                                       text=True, timeout=30, check=True).stdout.strip()
-        status = subprocess.run(git + ["status", "--porcelain", "--", "."],
-                                capture_output=True, text=True, timeout=30, check=True)
-        out["uncommitted_changes"] = [line[3:] for line in status.stdout.splitlines()]
-    except (OSError, subprocess.SubprocessError):
-        pass  # not a git checkout
-    return out
-
-
 def main(argv: list[str]) -> None:
     del argv
     if FLAGS.worker:
@@ -820,9 +802,7 @@ def main(argv: list[str]) -> None:
                 name) else None
         except Exception:  # noqa: BLE001 - a broken peer install is only recorded
             versions[name] = None
-    meta = {"adplugin": adplugin_source(), "jax": jax.__version__, "backend": jax.default_backend(),
-            "device": str(jax.devices()[0]), "python": platform.python_version(),
-            "machine": platform.machine(), "cpus": os.cpu_count(), "loadavg_at_start": load,
+    meta = {**run_meta(), "loadavg_at_start": load,
             "loadavg_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
             **versions, "total_s": time.perf_counter() - start}
     cfg["timing"] = ("time.perf_counter; training: each run in a fresh process, variants "

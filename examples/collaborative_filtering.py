@@ -12,9 +12,10 @@ they rated next to their ratings.
         [--min_ratings_top 20]
 
 --data: ml-latest-small (default: the copy shipped in examples/data/ml-latest-small) or the
-course-small practice set (e.g. ../shared/data/movielens/course-small); the layout is detected
-from the files. --min_ratings drops movies of ml-latest-small with fewer ratings before training;
---min_ratings_top only shows movies with at least that many ratings among the top predictions.
+course-small practice set (examples/data/course-small.npz, or its CSV folder); the layout is
+detected from the files. --min_ratings drops movies of ml-latest-small with fewer ratings
+before training; --min_ratings_top only shows movies with at least that many ratings among the
+top predictions.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ NEW_USER_RATINGS: dict[str, float] = {
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """The script's flags (defined only when run as a script, so importing it defines none)."""
     flags.DEFINE_string("data", str(movielens.DEFAULT_ML_LATEST_SMALL),
-                        "MovieLens directory: ml-latest-small (ratings.csv) or course-small "
-                        "(small_movies_Y.csv)", flag_values=fv)
+                        "MovieLens data: ml-latest-small (ratings.csv) or course-small "
+                        "(course-small.npz or small_movies_Y.csv)", flag_values=fv)
     flags.DEFINE_integer("features", 100, "number of features per movie and user",
                          flag_values=fv)
     flags.DEFINE_integer("iterations", 200, "Adam steps", flag_values=fv)

@@ -3,9 +3,12 @@
 Two layouts, both as a dense movies x users matrix of ratings Y (0 where unrated) and an
 indicator R (1 where rated), float32:
 
-- `load_course_small(directory)`: the collaborative-filtering practice set (4778 movies x 443
-  users, 10 pre-trained features: X, W, b), files `small_movies_{Y,R,X,W,b}.csv` and
-  `small_movie_list.csv`.
+- `load_course_small(path)`: the collaborative-filtering practice set (4778 movies x 443
+  users, 10 pre-trained features: X, W, b), either as its CSV directory
+  (`small_movies_{Y,R,X,W,b}.csv`, `small_movie_list.csv`) or as the compact copy the project
+  ships, examples/data/course-small.npz (`pack_course_small` writes it from the CSVs; same
+  values, 0.4 MB instead of 13 MB; derived from ml-latest-small, so GroupLens' terms in
+  examples/data/ml-latest-small/README.txt apply to it).
 - `load_ml_latest_small(directory, min_ratings=0)`: GroupLens' ml-latest-small release
   (`ratings.csv`, `movies.csv`, CRLF line endings), 610 users x 9742 movies; a copy with its
   README.txt (GroupLens' terms of use) ships in examples/data/ml-latest-small/.
@@ -14,7 +17,7 @@ indicator R (1 where rated), float32:
 `cofi_cost` is the regularized collaborative-filtering cost, built from ap.* ops so it records on
 a GradientTape, and works under jax.grad / jit on plain arrays.
 
-    python examples/movielens.py [--data DIR] [--course_small DIR]
+    python examples/movielens.py [--data DIR] [--course_small PATH]
 
 prints a summary of the data and checks `cofi_cost` against the practice set's known figures.
 Importing this module defines no flags.
@@ -34,9 +37,7 @@ import adplugin as ap
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_ML_LATEST_SMALL = DATA_DIR / "ml-latest-small"
-# The practice set is not shipped; on the development machines it lives next to the checkout.
-DEFAULT_COURSE_SMALL = (Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens"
-                        / "course-small")
+DEFAULT_COURSE_SMALL = DATA_DIR / "course-small.npz"  # the practice set, shipped compact
 
 # The practice set's known cost figures (first 5 movies x 4 users x 3 features).
 COURSE_SMALL_FIGURES = {0.0: 13.67, 1.5: 28.09}
@@ -47,7 +48,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("data", str(DEFAULT_ML_LATEST_SMALL), "ml-latest-small directory",
                         flag_values=fv)
     flags.DEFINE_string("course_small", str(DEFAULT_COURSE_SMALL),
-                        "course-small practice-set directory (skipped when absent)",
+                        "course-small practice set: its CSV directory or a packed .npz",
                         flag_values=fv)
 
 
@@ -57,9 +58,14 @@ def _matrix(path: Path) -> np.ndarray:
     return np.atleast_2d(np.loadtxt(path, delimiter=",", dtype=np.float32))
 
 
-def load_course_small(directory: str | Path) -> dict[str, Any]:
-    """The practice set: Y, R (4778x443), X (4778x10), W (443x10), b (1x443), titles."""
-    d = Path(directory)
+def load_course_small(path: str | Path = DEFAULT_COURSE_SMALL) -> dict[str, Any]:
+    """The practice set: Y, R (4778x443), X (4778x10), W (443x10), b (1x443), titles.
+
+    `path` is the CSV directory or a file written by `pack_course_small`.
+    """
+    if Path(path).suffix == ".npz":
+        return _unpack_course_small(Path(path))
+    d = Path(path)
     data: dict[str, Any] = {k: _matrix(d / f"small_movies_{k}.csv") for k in "YRXWb"}
     with open(d / "small_movie_list.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
@@ -74,6 +80,30 @@ def load_course_small(directory: str | Path) -> dict[str, Any]:
         raise ValueError(f"{d}: {len(data['titles'])} titles and R of shape {data['R'].shape} "
                          f"do not match Y of shape {data['Y'].shape}")
     return data
+
+
+def pack_course_small(directory: str | Path, out: str | Path) -> None:
+    """Write the practice set's CSVs as one compressed .npz that loads to the same values.
+
+    Ratings are half stars, so they are stored sparsely as (row, column, 2 x rating); X, W, b
+    keep the float32 values the CSV loader produces.
+    """
+    data = load_course_small(directory)
+    rows, cols = np.nonzero(data["R"])
+    np.savez_compressed(out, rows=rows.astype(np.int32), cols=cols.astype(np.int32),
+                        half_stars=(2 * data["Y"][rows, cols]).astype(np.uint8),
+                        shape=np.array(data["Y"].shape), X=data["X"], W=data["W"], b=data["b"],
+                        titles=np.array(data["titles"]), n_ratings=data["n_ratings"])
+
+
+def _unpack_course_small(path: Path) -> dict[str, Any]:
+    with np.load(path) as z:
+        Y = np.zeros(tuple(z["shape"]), np.float32)
+        R = np.zeros_like(Y)
+        Y[z["rows"], z["cols"]] = z["half_stars"].astype(np.float32) / 2
+        R[z["rows"], z["cols"]] = 1.0
+        return {"Y": Y, "R": R, "X": z["X"], "W": z["W"], "b": z["b"],
+                "titles": [str(t) for t in z["titles"]], "n_ratings": z["n_ratings"]}
 
 
 def load_ml_latest_small(directory: str | Path = DEFAULT_ML_LATEST_SMALL,
@@ -115,9 +145,9 @@ def load_ml_latest_small(directory: str | Path = DEFAULT_ML_LATEST_SMALL,
 
 
 def load(directory: str | Path, min_ratings: int = 0) -> dict[str, Any]:
-    """Either layout, detected from its files (course-small: small_movies_Y.csv)."""
+    """Either layout, detected from its files (course-small: small_movies_Y.csv or .npz)."""
     d = Path(directory)
-    if (d / "small_movies_Y.csv").exists():
+    if d.suffix == ".npz" or (d / "small_movies_Y.csv").exists():
         return load_course_small(d)
     if (d / "ratings.csv").exists():
         return load_ml_latest_small(d, min_ratings=min_ratings)
@@ -177,10 +207,9 @@ def main(argv: list[str]) -> None:
     del argv
     F = flags.FLAGS
     ml = load_ml_latest_small(F.data)
-    course_dir = Path(F.course_small)
-    course = load_course_small(course_dir) if (course_dir / "small_movies_Y.csv").exists() \
-        else None
-    report(ml, course)
+    course_path = Path(F.course_small)
+    found = course_path.is_file() or (course_path / "small_movies_Y.csv").exists()
+    report(ml, load_course_small(course_path) if found else None)
 
 
 if __name__ == "__main__":

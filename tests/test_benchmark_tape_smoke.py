@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from _benchmark_runner import run_quick
-
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "movielens" / "course-small"
-
-pytestmark = pytest.mark.skipif(not (DATA / "small_movies_Y.csv").exists(),
-                                reason=f"MovieLens practice set not found in {DATA}")
 
 
 @pytest.fixture(scope="module")

@@ -63,3 +63,13 @@ def test_value_check_agrees_with_jax_here():
 
     want = float(jax.grad(chain)(jnp.float32(0.7)))
     assert float(g.run(gx, {x: 0.7})) == pytest.approx(want, rel=1e-5)
+
+
+def test_primitives_vs_jnp_runs_from_the_shipped_data(tmp_path):
+    """The ap-vs-jnp benchmark reads the shipped ratings and records the commit it measured."""
+    result = run_quick("primitives_vs_jnp.py", tmp_path, timeout=240)
+    assert result["meta"]["adplugin"]["commit"], "results must name the commit they measured"
+    cf = next(r for r in result["rows"] if r["benchmark"].startswith("collaborative filtering"))
+    assert "4778x443" in cf["benchmark"] and cf["ap_s"] > 0 and cf["jnp_s"] > 0
+    # the same program either way: adplugin's ops lower to as many HLO ops as jax.numpy's
+    assert cf["hlo_ops_ap"] <= cf["hlo_ops_jnp"]

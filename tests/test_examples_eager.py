@@ -3,6 +3,7 @@ persistent tape, collaborative filtering; each script also runs as a subprocess.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import re
 import subprocess
@@ -14,9 +15,9 @@ import numpy as np
 import pytest
 from _examples import EXAMPLES, ROOT, load_example
 
-SHIPPED = EXAMPLES / "data" / "ml-latest-small"
-SHARED = ROOT.parent / "shared" / "data" / "movielens"
-COURSE_SMALL = SHARED / "course-small"
+DATA = EXAMPLES / "data"
+SHIPPED = DATA / "ml-latest-small"
+COURSE_SMALL = DATA / "course-small.npz"
 
 
 movielens = load_example("movielens")
@@ -25,10 +26,6 @@ linear_regression = load_example("linear_regression")
 tape_two_variables = load_example("tape_two_variables")
 collaborative_filtering = load_example("collaborative_filtering")
 
-needs_course_small = pytest.mark.skipif(not (COURSE_SMALL / "small_movies_Y.csv").exists(),
-                                        reason=f"course-small practice set not at {COURSE_SMALL}")
-
-
 @pytest.fixture(scope="module")
 def ml():
     return movielens.load_ml_latest_small(SHIPPED)
@@ -36,7 +33,6 @@ def ml():
 
 # --- movielens -----------------------------------------------------------------------------------
 
-@needs_course_small
 def test_course_small_loader_and_cost_figures():
     data = movielens.load_course_small(COURSE_SMALL)
     shapes = {k: data[k].shape for k in "YRXWb"}
@@ -50,15 +46,33 @@ def test_course_small_loader_and_cost_figures():
     assert round(figures[1.5], 2) == 28.09
 
 
-def test_shipped_ml_latest_small_is_byte_identical():
+def test_shipped_data_is_byte_identical():
     assert (SHIPPED / "README.txt").exists(), "ml-latest-small must ship with its README.txt"
-    if not (SHARED / "SHA256SUMS").exists():
-        pytest.skip("shared checksums not available")
-    sums = dict(reversed(line.split()) for line in (SHARED / "SHA256SUMS").read_text()
+    sums = dict(reversed(line.split()) for line in (DATA / "SHA256SUMS").read_text()
                 .splitlines() if line.strip())
-    for name in ("ratings.csv", "movies.csv", "README.txt"):
-        digest = hashlib.sha256((SHIPPED / name).read_bytes()).hexdigest()
-        assert sums[f"ml-latest-small/{name}"] == digest, name
+    assert {"ml-latest-small/ratings.csv", "ml-latest-small/movies.csv",
+            "ml-latest-small/README.txt", "course-small.npz"} <= sums.keys()
+    for name, want in sums.items():
+        assert hashlib.sha256((DATA / name).read_bytes()).hexdigest() == want, name
+
+
+def test_packed_course_small_round_trips(tmp_path):
+    """pack_course_small writes what load_course_small reads back, value for value."""
+    data = movielens.load_course_small(COURSE_SMALL)
+    csv_dir = tmp_path / "csv"
+    csv_dir.mkdir()
+    for k in "YRXWb":
+        np.savetxt(csv_dir / f"small_movies_{k}.csv", data[k], delimiter=",", fmt="%.9g")
+    with open(csv_dir / "small_movie_list.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["", "mean rating", "number of ratings", "title"])
+        writer.writerows([i, 0, n, t] for i, (t, n) in enumerate(zip(data["titles"],
+                                                                      data["n_ratings"])))
+    movielens.pack_course_small(csv_dir, tmp_path / "packed.npz")
+    again = movielens.load_course_small(tmp_path / "packed.npz")
+    for k in "YRXWb":
+        assert again[k].dtype == np.float32 and np.array_equal(again[k], data[k]), k
+    assert again["titles"] == data["titles"]
 
 
 def test_ml_latest_small_loader_matches_readme(ml):
