@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from absl import app, flags
+from absl import flags
 
 import adplugin as ap
 
@@ -60,4 +60,6 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from _cli import run
+
+    run(main)

@@ -17,7 +17,7 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from tqdm import tqdm
 
 import adplugin as ap
@@ -127,4 +127,6 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from _cli import run
+
+    run(main)

@@ -23,7 +23,7 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 import adplugin as ap
 
@@ -83,4 +83,6 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from _cli import run
+
+    run(main)

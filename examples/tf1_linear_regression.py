@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy
-from absl import app, flags
+from absl import flags
 
 import adplugin.compat.v1 as tf
 
@@ -103,4 +103,6 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from _cli import run
+
+    run(main)

@@ -1,0 +1,32 @@
+"""What every example script's command line shares: `--help` that exits 0.
+
+absl's `--help` exits with status 1; a user asking for help did nothing wrong. Imported by the
+examples only when they run as scripts (their folder is then on `sys.path`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from absl import app, flags
+
+_SHORT_HELP = {"--help", "-help", "-h", "-?", "--helpshort", "-helpshort"}
+_FULL_HELP = {"--helpfull", "-helpfull"}
+
+
+def _parse(argv: list[str]) -> list[str]:
+    asked = set(argv[1:])
+    if asked & (_SHORT_HELP | _FULL_HELP):
+        doc = sys.modules["__main__"].__doc__ or ""
+        print(doc.strip() + "\n")
+        fv = flags.FLAGS
+        print(fv.get_help() if asked & _FULL_HELP else fv.main_module_help())
+        sys.exit(0)
+    return app.parse_flags_with_usage(argv)
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+    """`absl.app.run(main)`, with help that exits 0."""
+    app.run(main, flags_parser=_parse)

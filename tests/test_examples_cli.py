@@ -1,0 +1,28 @@
+"""Every example script's command line: `--help` exits 0 and shows the script's own flags."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from _examples import EXAMPLES, ROOT
+
+SCRIPTS = sorted(p for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+def test_help_exits_zero_and_lists_the_flags(script):
+    proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"{script.name}:" in proc.stdout  # absl's heading of the script's own flags
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_bad_flag_still_fails():
+    """Help exits 0; a mistyped flag must not (the parser still rejects it)."""
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "gradient_descent.py"),
+                           "--no_such_flag=1"], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert proc.returncode != 0 and "no_such_flag" in proc.stderr
