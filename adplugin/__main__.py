@@ -1,17 +1,21 @@
-"""`python -m adplugin`: a tour of the whole pipeline, printed step by step.
+"""`python -m adplugin [OUT_DIR]`: a tour of the whole pipeline, printed step by step.
 
-1. adplugin's primitives inside JAX: jax.grad / jit / vmap / hessian, the jaxpr, the StableHLO;
-2. an operation graph built TensorFlow-1 style, its derived gradient graph, simplified, run;
-3. a jax.numpy function traced into a graph and differentiated by adplugin;
-4. eager training with a GradientTape and an optax optimizer on the shipped MovieLens data
+1. the seed: f = 2ab^2 + 3a^2 b at a=2, b=3 gives 72, df/da = 54, d2f/da db = 24, computed
+   three ways (JAX transformations, a derived gradient graph, a GradientTape), and the
+   gradient graph drawn to OUT_DIR/seed_gradient.svg (default: ./adplugin_demo);
+2. adplugin's primitives inside JAX: jit, vmap, hessian, the jaxpr and the StableHLO;
+3. the derived gradient graph, simplified, as text;
+4. a jax.numpy function traced into a graph and differentiated by adplugin;
+5. eager training with a GradientTape and an optax optimizer on the shipped MovieLens data
    (when run from a source checkout) or on a synthetic regression;
-5. a gradient step sharded over host devices that agrees with the single-device one.
+6. a gradient step sharded over host devices that agrees with the single-device one.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 import adplugin as ap  # noqa: E402
+from adplugin.ir.svg import to_svg  # noqa: E402
 
 RATINGS = Path(__file__).resolve().parent.parent / "examples/data/ml-latest-small/ratings.csv"
 
@@ -47,14 +52,45 @@ def logistic_loss(w: Any, x: Any, y: Any) -> Any:
     return ap.mean(ap.subtract(ap.logsumexp(both, axis=0), ap.multiply(y, z)))
 
 
-def jax_transformations() -> None:
-    _section("1. adplugin primitives inside JAX")
-    print(", ".join(ap.list_primitives()))
+def seed(out_dir: Path) -> None:
+    _section("1. f = 2ab^2 + 3a^2 b at a=2, b=3: f, df/da, d2f/da db, three ways")
     a, b = jnp.float32(2.0), jnp.float32(3.0)
     df_da = jax.grad(seed_polynomial, 0)
-    print(f"f = {seed_polynomial(a, b)}, df/da = {df_da(a, b)}, "
-          f"d2f/dadb = {jax.grad(df_da, 1)(a, b)}")
-    print(jax.make_jaxpr(df_da)(a, b))
+    values = [seed_polynomial(a, b), df_da(a, b), jax.grad(df_da, 1)(a, b)]
+    print("JAX transformations on ap.* ops:  ", _three(values))
+
+    with ap.Graph("seed") as g:
+        A, B = ap.placeholder((), name="a"), ap.placeholder((), name="b")
+        F = seed_polynomial(A, B)
+        (dF,) = ap.gradients(F, [A])
+        (d2F,) = ap.gradients(dF, [B])
+    print("a graph and its derived gradients:", _three(g.run([F, dF, d2F], {A: 2.0, B: 3.0})))
+
+    va, vb = ap.Variable(2.0), ap.Variable(3.0)
+    with ap.GradientTape() as outer:
+        with ap.GradientTape() as inner:
+            f = seed_polynomial(va, vb)
+        first = inner.gradient(f, va)
+    print("GradientTapes, one nested:        ", _three([f, first, outer.gradient(first, vb)]))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    picture = out_dir / "seed_gradient.svg"
+    picture.write_text(to_svg(g, [F, dF]))
+    print(f"the graph of f and df/da (inputs yellow, forward ops blue, derivative ops red): "
+          f"{picture}")
+
+
+def _three(values: Any) -> str:
+    return ", ".join(f"{float(v):g}" for v in values)
+
+
+def jax_transformations() -> None:
+    _section("2. adplugin primitives inside JAX")
+    print(f"{len(ap.list_primitives())} primitives, each with its abstract evaluation, "
+          "lowering, JVP, transpose, batching and sharding rules (ap.list_primitives())")
+    a, b = jnp.float32(2.0), jnp.float32(3.0)
+    print("the jaxpr of df/da:")
+    print(jax.make_jaxpr(jax.grad(seed_polynomial, 0))(a, b))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 5)).astype(np.float32)
     y = (rng.random(64) > 0.5).astype(np.float32)
@@ -72,7 +108,7 @@ def jax_transformations() -> None:
 
 
 def graphs() -> None:
-    _section("2. an operation graph and its derived gradient graph")
+    _section("3. the derived gradient graph, simplified")
     with ap.Graph("seed") as g:
         a, b = ap.placeholder((), name="a"), ap.placeholder((), name="b")
         f = seed_polynomial(a, b)
@@ -83,7 +119,7 @@ def graphs() -> None:
     print(small.to_text([mapping[f.node.id], mapping[df_da.node.id]]))
     print("run:", [float(v) for v in g.run([f, df_da, d2f], {a: 2.0, b: 3.0})])
 
-    _section("3. a jax.numpy function traced into a graph")
+    _section("4. a jax.numpy function traced into a graph")
 
     def mlp(w1: Any, w2: Any, x: Any) -> Any:
         return jnp.sum(jax.nn.softplus(jnp.tanh(x @ w1) @ w2))
@@ -100,7 +136,7 @@ def graphs() -> None:
 
 
 def eager_training() -> None:
-    _section("4. eager training: GradientTape + Adam")
+    _section("5. eager training: GradientTape + Adam")
     if RATINGS.exists():
         data = np.genfromtxt(RATINGS, delimiter=",", skip_header=1, usecols=(0, 1, 2))
         users, movies = np.unique(data[:, 0], return_inverse=True)[1], np.unique(
@@ -134,7 +170,7 @@ def eager_training() -> None:
 
 
 def sharded() -> None:
-    _section(f"5. a gradient step sharded over {len(jax.devices())} host devices")
+    _section(f"6. a gradient step sharded over {len(jax.devices())} host devices")
     rng = np.random.default_rng(4)
     x = rng.standard_normal((64, 5)).astype(np.float32)
     y = (rng.random(64) > 0.5).astype(np.float32)
@@ -148,6 +184,7 @@ def sharded() -> None:
 
 
 def main() -> None:
+    seed(Path(sys.argv[1] if len(sys.argv) > 1 else "adplugin_demo"))
     jax_transformations()
     graphs()
     eager_training()
