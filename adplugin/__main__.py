@@ -63,6 +63,7 @@ def seed(out_dir: Path) -> None:
         A, B = ap.placeholder((), name="a"), ap.placeholder((), name="b")
         F = seed_polynomial(A, B)
         (dF,) = ap.gradients(F, [A])
+        assert dF is not None  # f depends on a
         (d2F,) = ap.gradients(dF, [B])
     print("a graph and its derived gradients:", _three(g.run([F, dF, d2F], {A: 2.0, B: 3.0})))
 
