@@ -44,3 +44,7 @@ def axis_error(op: str, axis: object, ndim: int) -> AxisError:
         op, "axis out of range or repeated", f"axis={axis} for an array of rank {ndim}",
         f"distinct axes in [-{ndim}, {ndim})" if ndim else "no axis (the array is a scalar)",
         "pass axes that exist in the operand (negative axes count from the end)"))
+
+
+class ExportError(AdpluginError, ValueError):
+    """A serialized export is corrupt, truncated, of another format version, or not one."""

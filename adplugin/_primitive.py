@@ -68,9 +68,22 @@ NOT_LINEAR = _Marker("NOT_LINEAR")  # no transpose: reverse mode linearizes firs
 JvpRule = Callable[..., Any]  # (tangent, primal_out, *primals, **params) -> tangent contribution
 
 
+JAX_NAMESPACE = "ap."  # JAX knows each adplugin primitive as "ap.<name>" (jaxprs, errors)
+
+
+def jax_name(name: str) -> str:
+    """The name JAX knows the adplugin primitive `name` by: namespaced, so a jaxpr tells
+    adplugin's `ap.mul` from `lax.mul_p` and JAX's name-based tools never confuse them."""
+    return JAX_NAMESPACE + name
+
+
 @dataclass(frozen=True, eq=False)
 class Primitive:
-    """An adplugin primitive: its definition and the JAX primitive it is registered as."""
+    """An adplugin primitive: its definition and the JAX primitive it is registered as.
+
+    `name` is the short registry name (`get_primitive("mul")`, graph text, spec tables); the
+    JAX primitive is named `jax_name` ("ap.mul"), which is what jaxprs show.
+    """
 
     name: str
     abstract_eval: Callable[..., ShapeDtype]
@@ -106,6 +119,11 @@ class Primitive:
     @property
     def is_linear(self) -> bool:
         return not isinstance(self.transpose, _Marker)
+
+    @property
+    def jax_name(self) -> str:
+        """The JAX primitive's name, as jaxprs print it ("ap.mul" for `mul`)."""
+        return str(self.jax_primitive.name)
 
     def __repr__(self) -> str:
         return f"<adplugin primitive {self.name}>"
@@ -311,7 +329,8 @@ def define_primitive(
     """Define a primitive once and register it into JAX and into adplugin.
 
     Args:
-      name: unique primitive name (shown in jaxprs, graphs and errors).
+      name: unique primitive name (shown in graphs and errors; jaxprs show it as
+        "ap.<name>", the JAX primitive's namespaced name).
       lowering: `(ctx, *operands, **params) -> ir.Value` emitting StableHLO ops
         (`ap.extend.hlo`); `ctx.out_type()` is the output's IR type.
       jvp: one rule per operand, `(tangent, primal_out, *primals, **params) -> tangent_out`,
@@ -327,6 +346,10 @@ def define_primitive(
         operands' specs (used when shardings are part of the types); derived for elementwise.
       elementwise: derive the abstract eval, batching and sharding rules as for `lax.add`.
     """
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise TypeError(message(
+            "define_primitive", "the name is not a non-empty string", repr(name)[:80],
+            "a unique name such as 'mylib.floor'", "pass the primitive's name as a string"))
     if name in _registry:
         raise ValueError(f"an adplugin primitive named {name!r} is already registered; "
                          "choose another name")
@@ -346,7 +369,7 @@ def define_primitive(
                         "non-elementwise primitive")
     jvp_rules = jvp if isinstance(jvp, (_Marker, tuple)) else tuple(jvp)
 
-    jax_prim = jx.new_primitive(name)
+    jax_prim = jx.new_primitive(jax_name(name))
     prim = Primitive(name, abstract_eval, lowering, jvp_rules, transpose,
                      batching or (lambda *a, **k: (None, None)), sharding, elementwise, jax_prim)
     if batching is None:

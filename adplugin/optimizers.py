@@ -295,6 +295,14 @@ def _check_pair(g: Any, v: Any) -> None:
                                  f"gradient shape differs from {v.name}'s",
                                  list(np.shape(g)), list(v.shape),
                                  "pass gradients computed for these variables"))
+    g_dtype = getattr(g, "dtype", None)
+    if g_dtype is not None and not np.can_cast(np.dtype(g_dtype), v.dtype, "same_kind"):
+        raise TypeError(message("Optimizer.apply_gradients",
+                                f"the gradient for {v.name} would be truncated to its dtype",
+                                np.dtype(g_dtype).name, f"a real gradient that casts to "
+                                f"{v.dtype.name}", "pass the gradients computed for these "
+                                "variables (a real part with np.real if a complex one is "
+                                "meant)"))
 
 
 def _gradient_value(g: Any, v: Variable) -> Any:

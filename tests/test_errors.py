@@ -35,6 +35,16 @@ BAD_CALLS: list[tuple[str, Callable[[], Any], str]] = [
      r"ap\.add: the primitive takes operands of one shape and dtype"),
     ("primitive fed ints", lambda: ap.get_primitive("sin").bind(np.ones(3, np.int32)),
      r"ap\.sin: unsupported dtype"),
+    ("complex operand", lambda: ap.add(x4, 1j), r"ap\.add: complex operands are not supported"),
+    ("bad matmul precision", lambda: ap.matmul(x23, x23.T, precision="bogus"),
+     r"ap\.matmul: not a matmul precision"),
+    ("narrower preferred type", lambda: ap.dot(x23, x23.T, preferred_element_type="float16"),
+     r"ap\.dot: preferred_element_type does not fit"),
+    ("primitive name", lambda: ap.define_primitive("", lowering=lambda c, a: a,
+                                                   jvp=ap.ZERO_DERIVATIVE, elementwise=True),
+     r"ap\.define_primitive: the name is not a non-empty string"),
+    ("truncating assignment", lambda: ap.Variable(np.int32(1)).assign(0.5),
+     r"ap\.Variable\(Variable\d+\)\.assign: a float value would be truncated"),
 ]
 
 

@@ -7,7 +7,7 @@ inserting explicit `convert_element_type` and `broadcast_in_dim` primitives (lik
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import jax
@@ -26,11 +26,20 @@ def op(*, static_argnames: Sequence[str] = ()) -> Callable[[F], F]:
 
     On JAX values the wrapper runs as one inlined `jax.jit` (so eager use costs a single
     cached dispatch, as `jax.numpy` does, and traced use inlines the primitives). On symbolic
-    graph tensors it runs directly, adding graph nodes.
+    graph tensors it runs directly, adding graph nodes. Complex operands are refused with an
+    error naming the op (checked while tracing, so the cached dispatch pays nothing).
     """
 
     def decorate(fn: F) -> F:
-        jitted = jax.jit(fn, static_argnames=tuple(static_argnames), inline=True)
+        name = fn.__name__.lstrip("_")
+        static = frozenset(static_argnames)
+
+        @functools.wraps(fn)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            refuse_complex(name, args, kwargs, static)
+            return fn(*args, **kwargs)
+
+        jitted = jax.jit(checked, static_argnames=tuple(static_argnames), inline=True)
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -39,13 +48,15 @@ def op(*, static_argnames: Sequence[str] = ()) -> Callable[[F], F]:
             if found is not None or _scope_takes(operands):
                 if found is not None and found is not _SYMBOLIC:  # shapes known only when the
                     return found(wrapper, args, kwargs)  # graph runs: record the call
-                return fn(*args, **kwargs)
+                return checked(*args, **kwargs)
+            if static and any(isinstance(kwargs.get(k), list) for k in static):
+                kwargs = {k: tuple(v) if k in static and isinstance(v, list) else v
+                          for k, v in kwargs.items()}  # static arguments must be hashable
             try:
                 return jitted(*args, **kwargs)
             except TypeError as e:
                 if "as an abstract array" not in str(e):
                     raise
-                name = fn.__name__.lstrip("_")
                 bad = next((a for a in args if isinstance(a, (str, bytes)) or a is None), None)
                 raise type_error(name, "operand is not an array", f"{type(bad).__name__} "
                                  f"{bad!r:.60}", "a JAX/NumPy array, a Python scalar or a graph "
@@ -54,6 +65,23 @@ def op(*, static_argnames: Sequence[str] = ()) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _is_complex_operand(a: Any) -> bool:
+    if type(a) is complex:
+        return True
+    dtype = getattr(a, "dtype", None)
+    return isinstance(dtype, np.dtype) and not isinstance(a, type) and dtype.kind == "c"
+
+
+def refuse_complex(name: str, args: Sequence[Any], kwargs: dict[str, Any],
+                   static: Collection[str] = ()) -> None:
+    """Raise the op's clear error when an operand (or a list operand's element) is complex:
+    adplugin's primitives are real-valued, as its dtype set (bool, int, uint, float) is."""
+    operands = [*args, *(v for k, v in kwargs.items() if k not in static)]
+    flat = [x for a in operands for x in (a if isinstance(a, (list, tuple)) else (a,))]
+    if any(_is_complex_operand(a) for a in flat):
+        raise complex_error(name, flat)
 
 
 # Wrapper-level handlers of deferred types (values whose shapes are known only when a graph
@@ -115,6 +143,16 @@ def dtype_of(x: Any) -> np.dtype:
     return jx.result_type(x)[0]
 
 
+# Python scalars are weakly typed (they take the other operand's precision); NumPy scalars
+# (np.float64(2.0), np.int64(1)) are not, though np.float64 subclasses float: JAX's rule.
+PYTHON_SCALARS = (int, float, complex)
+
+
+def is_python_scalar(x: Any) -> bool:
+    """Whether `x` is a Python int, float or complex (not bool, not a NumPy scalar)."""
+    return type(x) in PYTHON_SCALARS
+
+
 def is_weak(x: Any) -> bool:
     if is_symbolic(x):
         return bool(x.weak_type)
@@ -142,7 +180,20 @@ def check_array_like(name: str, *args: Any) -> None:
 
 def result_dtype(name: str, *args: Any) -> tuple[np.dtype, bool]:
     check_array_like(name, *args)
-    return jx.result_type(*(_promotion_stand_in(a) for a in args))
+    dtype, weak = jx.result_type(*(_promotion_stand_in(a) for a in args))
+    if jx.kind_of(dtype) == "c":
+        raise complex_error(name, args)
+    return dtype, weak
+
+
+def complex_error(name: str, args: Sequence[Any]) -> Exception:
+    given = ", ".join(type(a).__name__ if is_python_scalar(a) else
+                      dtype_of(a).name if hasattr(a, "dtype") else type(a).__name__
+                      for a in args)
+    return type_error(name, "complex operands are not supported (adplugin's ops are "
+                      "real-valued)", given, "boolean, integer or floating-point operands",
+                      "work on the real and imaginary parts as separate real arrays, or use "
+                      "jax.numpy for complex arithmetic")
 
 
 def convert(x: Any, dtype: np.dtype, weak_type: bool = False) -> Any:
@@ -187,10 +238,11 @@ def promote(name: str, *args: Any, to_inexact: bool = False) -> list[Any]:
 
 
 def _uniform(args: Sequence[Any], to_inexact: bool) -> bool:
-    """Whether the operands already share one shape and dtype (nothing to insert)."""
+    """Whether the operands already share one shape and dtype (nothing to insert; complex
+    operands take the slow path, which refuses them clearly)."""
     first = args[0]
     dtype, shape = getattr(first, "dtype", None), getattr(first, "shape", None)
-    if dtype is None or shape is None or (to_inexact and jx.kind_of(dtype) not in "fc"):
+    if dtype is None or shape is None or jx.kind_of(dtype) not in ("f" if to_inexact else "fiub"):
         return False
     for a in args[1:]:
         if getattr(a, "dtype", None) != dtype or getattr(a, "shape", None) != shape:
@@ -203,7 +255,7 @@ def _quick_dtype(args: Sequence[Any], to_inexact: bool) -> tuple[np.dtype, bool]
     floating dtype, possibly with Python int/float scalars (which are weak)."""
     dtype = None
     for a in args:
-        if isinstance(a, (int, float)) and not isinstance(a, bool):
+        if type(a) is int or type(a) is float:  # weak; NumPy scalars are not (JAX's rule)
             continue
         d = getattr(a, "dtype", None)
         if d is None or getattr(a, "weak_type", False) or (dtype is not None and d != dtype):
@@ -222,6 +274,49 @@ def promote_dtypes(name: str, arrays: Sequence[Any]) -> list[Any]:
 
 def promote_inexact(name: str, x: Any) -> Any:
     return promote(name, x, to_inexact=True)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Placeholder shapes and dtypes
+# ----------------------------------------------------------------------------------------------
+
+PartialShape = tuple[int | None, ...] | None
+
+
+def placeholder_type(shape: Any, dtype: Any) -> tuple[PartialShape, np.dtype]:
+    """A placeholder's shape and dtype, checked. Each dimension is a non-negative int, or None
+    for one known only when the graph runs; -1 means None too, as in TensorFlow
+    (`tf.placeholder(tf.float32, [-1, 784])`). shape=None: even the rank is unknown."""
+    fix = "pass a tuple of non-negative ints, with None (or -1) for a dimension known at run time"
+    if shape is None:
+        return None, placeholder_dtype(dtype)
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise type_error("placeholder", "the shape is not a sequence", repr(shape)[:60],
+                         "a tuple such as (None, 3)", fix + f" (e.g. ({shape!r:.20},))")
+    dims: list[int | None] = []
+    for d in shape:
+        if d is None:
+            dims.append(None)
+        elif isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d >= -1:
+            dims.append(None if d == -1 else int(d))
+        else:
+            raise type_error("placeholder", "a dimension is not a size",
+                             f"shape {tuple(shape)!r:.60} with dimension {d!r:.20}",
+                             "non-negative ints, None or -1 (unknown)", fix)
+    return tuple(dims), placeholder_dtype(dtype)
+
+
+def placeholder_dtype(dtype: Any) -> np.dtype:
+    try:
+        d = jx.canonical_dtype(dtype)
+    except TypeError:
+        raise type_error("placeholder", "not a dtype", repr(dtype)[:60], "a NumPy/JAX dtype",
+                         "pass a dtype such as np.float32 or 'int32'") from None
+    if jx.kind_of(d) not in "biuf":
+        raise type_error("placeholder", "unsupported dtype", d.name,
+                         "a boolean, integer or floating-point dtype",
+                         "adplugin's ops are real-valued: pick bool, an int or a float dtype")
+    return d
 
 
 # ----------------------------------------------------------------------------------------------

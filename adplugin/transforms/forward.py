@@ -18,16 +18,24 @@ from adplugin.transforms.reverse import (
 
 
 def forward_gradients(ys: Any, xs: Any, tangents: Any) -> list[Tensor]:
-    """Directional derivatives of each y along `tangents` (one per x), as graph tensors."""
+    """Directional derivatives of each y along `tangents` (one per x), as graph tensors.
+
+    With no xs (and no tangents) the derivative along nothing is zeros of each y's shape;
+    with no ys the answer is []."""
     ys_list, _ = _as_list(ys)
+    ts_list, _ = _as_list(tangents)
+    if not ys_list:
+        return []
     graph = _check_tensors("ys", ys_list, None)
     xs_list = _as_graph_tensors(_as_list(xs)[0], graph)
-    ts_list, _ = _as_list(tangents)
     _check_tensors("xs", xs_list, graph)
     if len(ts_list) != len(xs_list):
         raise ValueError(message("forward_gradients", "tangents do not match xs",
                                  f"{len(ts_list)} tangents", f"{len(xs_list)}, one per x",
                                  "give one tangent per x, of its shape"))
+    if not xs_list:
+        with graph.building():
+            return [filled_like(y, 0) for y in ys_list]
     active = active_nodes(graph, xs_list)
     with graph.building():
         tan: dict[int, Tensor] = {x.node.id: conformed(graph, t, x, "forward_gradients", "tangent")

@@ -211,15 +211,43 @@ def _seeds(graph: Graph, ys: Sequence[Tensor], grad_ys: Any) -> list[Tensor | No
 
 def conformed(graph: Graph, value: Any, like: Tensor, op: str, what: str) -> Tensor:
     """`value` as a tensor of `graph` with `like`'s dtype; its shape must be `like`'s (a
-    weight for a y, a tangent for an x)."""
+    weight for a y, a tangent for an x). A value of another dtype is converted when NumPy
+    casts it "same_kind" (int or float64 to float32, as `Graph.run` converts feeds); one that
+    would lose its kind (complex or float to int, a float weight for an integer y) is refused."""
+    if not isinstance(value, Tensor):
+        value = _concrete_value(value, like, op, what)
     t = graph._as_tensor(value, op)
     if tuple(t.shape) != tuple(like.shape):
         raise ValueError(message(op, f"{what} for {like.name} has another shape",
                                  list(t.shape), list(like.shape),
                                  f"give each {what} the shape of its tensor"))
     if t.dtype != like.dtype:
+        if not np.can_cast(t.dtype, like.dtype, "same_kind"):
+            raise TypeError(message(op, f"{what} for {like.name} has a dtype that does not "
+                                    f"convert to {like.dtype.name}", t.dtype.name,
+                                    f"{like.dtype.name} (or a dtype that casts to it "
+                                    "'same_kind')", f"convert the {what} to "
+                                    f"{like.dtype.name} explicitly (ap.astype, or np.real "
+                                    "first for a complex value) if that is what you mean"))
         t = get_primitive("convert_element_type").bind(t, new_dtype=like.dtype, weak_type=False)
     return t
+
+
+def _concrete_value(value: Any, like: Tensor, op: str, what: str) -> Any:
+    """A concrete weight or tangent: a Python int or float takes a floating `like`'s dtype (it
+    is weakly typed); anything that is not a numeric array is refused clearly."""
+    if type(value) in (int, float) and jx.kind_of(like.dtype) == "f":
+        return np.asarray(value, like.dtype)
+    try:
+        kind = np.asarray(value).dtype.kind
+    except Exception:
+        kind = "O"
+    if kind not in "biufc" and not hasattr(value, "dtype"):
+        raise TypeError(message(op, f"the {what} for {like.name} is not an array",
+                                f"{type(value).__name__} {value!r:.60}",
+                                f"an array of shape {list(like.shape)} and dtype "
+                                f"{like.dtype.name}", "pass a NumPy/JAX array or a tensor"))
+    return value
 
 
 def _backward(graph: Graph, cts: dict[int, Tensor], active: set[int], first: int, last: int,
@@ -264,6 +292,8 @@ def gradients(ys: Any, xs: Any, grad_ys: Any = None,
                                      "their shapes, or use ap.stop_gradient in the graph"))
         return deferred_gradients(ys, xs, grad_ys, mode)
     ys_list, _ = _as_list(ys)
+    if not ys_list or not _as_list(xs)[0]:  # nothing to differentiate, or nothing to vary
+        return _without_paths(ys_list, _as_list(xs)[0], grad_ys, mode)
     graph = _check_tensors("ys", ys_list, None)
     xs_list = _as_graph_tensors(_as_list(xs)[0], graph)
     stop_list = _as_graph_tensors(_as_list(stop_gradients)[0]
@@ -289,6 +319,32 @@ def gradients(ys: Any, xs: Any, grad_ys: Any = None,
                 g = filled_like(x, 0)
             results.append(g)
     return results
+
+
+def _without_paths(ys: list[Any], xs: list[Any], grad_ys: Any, mode: str
+                   ) -> list[Tensor | None]:
+    """TensorFlow's answers when ys or xs is empty: no xs gives []; no ys gives, per x, None
+    (unconnected NONE) or zeros of x's shape and dtype (ZERO): sum([]) is the constant 0."""
+    if grad_ys is not None and len(_as_list(grad_ys)[0]) != len(ys):
+        raise ValueError(message("gradients", "grad_ys does not match ys",
+                                 f"{len(_as_list(grad_ys)[0])} grad_ys", f"{len(ys)}, one per y",
+                                 "give one weight tensor per y"))
+    if not xs:
+        if ys:
+            _check_tensors("ys", ys, None)
+        return []
+    from adplugin._context import current
+
+    scope = current()
+    graph = next((x.graph for x in xs if isinstance(x, Tensor)),
+                 scope.graph if scope is not None else None)
+    xs = _as_graph_tensors(xs, graph)
+    _check_tensors("xs", xs, graph)
+    _check_sources(xs)
+    if mode == "none":
+        return [None] * len(xs)
+    with xs[0].graph.building():
+        return [filled_like(x, 0) for x in xs]
 
 
 def hessians(ys: Any, xs: Any) -> list[Tensor]:

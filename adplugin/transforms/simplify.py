@@ -36,13 +36,45 @@ def _np_broadcast_in_dim(x: np.ndarray, *, shape: tuple[int, ...],
     return np.broadcast_to(x.reshape(expanded), shape)
 
 
-# primitives cheap to fold in NumPy (each gives the same dtype as its primitive would)
-_NUMPY_FOLD: dict[str, Callable[..., np.ndarray]] = {
+def _np_div(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """XLA's division: IEEE for floats; for integers the quotient rounded toward zero, with
+    XLA's answers where C's division is undefined (its CPU and GPU emitters): x / 0 is -1 (all
+    bits set: the largest unsigned value), and INT_MIN / -1 is INT_MIN. Folding them here also
+    keeps them from XLA's own constant folder, which traps (SIGFPE) on a constant x / 0."""
+    dtype = np.dtype(x.dtype)
+    if dtype.kind not in "iu":
+        return np.divide(x, y).astype(dtype)
+    x, y = np.broadcast_arrays(x, y)
+    zero = y == 0
+    overflow = (x == np.iinfo(dtype).min) & (y == -1) if dtype.kind == "i" else zero & False
+    safe = np.where(zero | overflow, 1, y).astype(dtype)
+    q = np.floor_divide(x, safe)  # exact; floor differs from truncation when the signs differ
+    q = np.where((q < 0) & (q * safe != x), q + 1, q)
+    q = np.where(overflow, x, q)
+    return np.where(zero, np.array(-1).astype(dtype), q).astype(dtype)
+
+
+def _np_convert(x: np.ndarray, *, new_dtype: Any, weak_type: bool) -> np.ndarray | None:
+    """`astype`, where it agrees with XLA: float to integer is folded only for finite values
+    inside the target's range (XLA's NaN, infinity and overflow results are its own)."""
+    out = np.dtype(new_dtype)
+    if np.dtype(x.dtype).kind == "f" and out.kind in "iu":
+        info = np.iinfo(out)
+        wide = x.astype(np.float64)
+        if not np.all(np.isfinite(wide)) or np.any(np.trunc(wide) < info.min) or \
+                np.any(np.trunc(wide) > info.max):
+            return None
+    return x.astype(out)
+
+
+# primitives cheap to fold in NumPy (each gives the same dtype as its primitive would, or None
+# where NumPy and XLA may disagree: then the node stays and XLA computes it)
+_NUMPY_FOLD: dict[str, Callable[..., np.ndarray | None]] = {
     "add": np.add, "sub": np.subtract, "mul": np.multiply, "neg": np.negative,
-    "div": lambda x, y: np.divide(x, y).astype(x.dtype),
+    "div": _np_div,
     "broadcast_in_dim": _np_broadcast_in_dim,
     "reshape": lambda x, *, new_sizes: x.reshape(new_sizes),
-    "convert_element_type": lambda x, *, new_dtype, weak_type: x.astype(new_dtype),
+    "convert_element_type": _np_convert,
     "transpose": lambda x, *, permutation: np.transpose(x, permutation),
 }
 
@@ -123,12 +155,21 @@ class _Simplifier:
 
     def _fold(self, name: str, xs: list[Tensor], node: Node) -> Tensor | None:
         fold = _NUMPY_FOLD.get(name)
-        if fold is None or node.output.size > _FOLD_LIMIT:
+        if fold is None or node.output.size > _FOLD_LIMIT and not _integer_div(name, node):
             return None
         if not all(x.node.op == CONSTANT for x in xs):
             return None
-        value = np.asarray(fold(*[x.node.value for x in xs], **node.params), node.output.dtype)
-        return self.constant(value, weak=False)
+        with np.errstate(all="ignore"):  # IEEE results (inf, nan) as XLA gives them, silently
+            value = fold(*[x.node.value for x in xs], **node.params)
+        if value is None:
+            return None
+        return self.constant(np.asarray(value, node.output.dtype), weak=False)
+
+
+def _integer_div(name: str, node: Node) -> bool:
+    """Integer divisions of constants are folded whatever their size (XLA's constant folder
+    would trap on a division by zero among them)."""
+    return name == "div" and np.dtype(node.output.dtype).kind in "iu"
 
 
 def _freeze(params: dict[str, Any]) -> Any:
@@ -145,8 +186,10 @@ def simplify(graph: Graph, outputs: Sequence[Tensor], cut: Collection[int] = (),
     """A new graph computing `outputs`, simplified; tensors in `cut` become its placeholders.
 
     Returns the graph and the map from the old graph's node ids to the new graph's tensors.
+    Nothing upstream of a cut tensor is needed (its value comes from outside), so a graph
+    fed at an intermediate tensor never asks for the placeholders behind it.
     """
-    nodes = needed_nodes(graph, outputs) if nodes is None else nodes
+    nodes = needed_nodes(graph, outputs, cut) if nodes is None else nodes
     with no_cyclic_gc():
         return _simplify(graph, nodes, cut)
 
