@@ -30,7 +30,7 @@ class Scope:
     """One entry of the dispatch stack (immutable once pushed)."""
 
     __slots__ = ("parent", "owner", "jax_trace", "graph", "role", "recording", "paused",
-                 "frame")
+                 "frame", "device", "colocate")
 
     def __init__(self, parent: Scope | None, owner: Any) -> None:
         self.parent, self.owner = parent, owner
@@ -41,9 +41,12 @@ class Scope:
             self.recording: Any = None  # the tapes' recording that records ops (eager mode)
             self.paused = False  # inside tape.stop_recording(): compute, do not record
             self.frame: Any = None  # an `ap.function` trace: variables read and written there
+            self.device: Any = None  # the requested device (`ap.device`): a DeviceSpec
+            self.colocate: Any = None  # `ap.colocate_with(t)`: the tensor new nodes join
         else:
             self.graph, self.role = parent.graph, parent.role
             self.recording, self.paused, self.frame = parent.recording, parent.paused, parent.frame
+            self.device, self.colocate = parent.device, parent.colocate
 
     def __repr__(self) -> str:
         return f"<Scope of {self.owner!r}>"
@@ -105,5 +108,7 @@ JAX_EVALUATION = _JaxOwner()
 
 def jax_evaluation() -> Any:
     """A scope in which every op binds its JAX primitive (used when adplugin evaluates a graph
-    on concrete values itself, so nothing lands in a graph or tape the caller is building)."""
-    return scoped(JAX_EVALUATION, graph=None, recording=None, paused=False, frame=None)
+    on concrete values itself, so nothing lands in a graph or tape the caller is building, and
+    the caller's device scope does not move it: a graph runs where its own nodes are placed)."""
+    return scoped(JAX_EVALUATION, graph=None, recording=None, paused=False, frame=None,
+                  device=None, colocate=None)

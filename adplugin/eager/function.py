@@ -32,6 +32,8 @@ from adplugin._errors import message
 from adplugin._lru import LRU
 from adplugin.eager.recording import EagerTensor
 from adplugin.eager.variable import Cell, Variable, plain_value
+from adplugin.placement.devices import resolve
+from adplugin.placement.requests import put, sharding_of
 
 _DYNAMIC = object()  # marks, among arguments and results, the places of traced arrays
 
@@ -144,21 +146,27 @@ class _Trace:
         self.pending = []
         self._jitted = jax.jit(self._pure)
 
-    def __call__(self, dynamic: list[Any]) -> Any:
+    def __call__(self, dynamic: list[Any], device: Any = None) -> Any:
         with self._lock:
-            return self._call(dynamic)
+            return self._call(dynamic, device)
 
-    def _call(self, dynamic: list[Any]) -> Any:
+    def _call(self, dynamic: list[Any], device: Any) -> Any:
         while True:
             cells = self._live_cells()
+            stored = [c._stored for c in cells]
+            if device is not None:  # called inside ap.device(...): everything runs there
+                stored, dynamic = jax.tree.map(functools.partial(put, sharding=sharding_of(
+                    device)), (stored, dynamic))
             try:
-                outs, values = self._jitted([c._stored for c in cells], dynamic)
+                outs, values = self._jitted(stored, dynamic)
                 break
             except _Retrace as more:
                 self._take(more.cells)
         for ref, value in zip(self.stored, values):
             cell = ref()
             if cell is not None:
+                if device is not None:  # state computed elsewhere goes back where it lives
+                    value = jax.tree.map(_back_home, cell._stored, value)
                 cell._write(value)
         if self.pending:
             self._take(self.pending)
@@ -201,10 +209,12 @@ class Function:
         flat, tree = jax.tree.flatten(args, is_leaf=_is_output_leaf)
         dynamic = [plain_value(x) for x in flat if _is_array(x)]
         statics = [_DYNAMIC if _is_array(x) else x for x in flat]
-        key = self._signature(tree, flat, dynamic)
+        device = None if scope is None or scope.device is None else resolve(
+            scope.device, op="function")
+        key = (self._signature(tree, flat, dynamic), device)
         trace = self._traces.get_or_build(
             key, lambda: _Trace(self, tree, statics, list(self._known.values())))
-        return trace(dynamic)
+        return trace(dynamic, device)
 
     def _signature(self, tree: Any, flat: list[Any], dynamic: list[Any]) -> Hashable:
         parts: list[Any] = []
@@ -232,6 +242,15 @@ def _is_output_leaf(x: Any) -> bool:
 
 def _is_dynamic_out(x: Any) -> bool:
     return jx.is_tracer(x) or isinstance(x, jax.Array)
+
+
+def _back_home(old: Any, new: Any) -> Any:
+    """`new` on the one device `old` lived on (a cell written by a function that ran on
+    another device keeps its home, as a TensorFlow variable does)."""
+    if isinstance(old, jax.Array) and isinstance(new, jax.Array) and \
+            new.sharding != old.sharding and len(old.devices()) == 1:
+        return jax.device_put(new, old.sharding)
+    return new
 
 
 def _merge(statics: list[Any], dynamic: list[Any]) -> list[Any]:

@@ -37,6 +37,8 @@ from adplugin.eager.variable import Variable, jax_read_guards, plain_value
 from adplugin.ir.graph import CONSTANT, PLACEHOLDER, Graph, Tensor
 from adplugin.ir.operators import install_operators
 from adplugin.lowering.run import evaluate
+from adplugin.placement.devices import default_device
+from adplugin.placement.execution import interpret, value_device
 
 
 class Recording:
@@ -63,6 +65,9 @@ class Recording:
         # None gradient (stop_gradient, integer outputs, arrays entering unwatched)
         self.where: dict[int, str] = {}
         self.lock = threading.RLock()
+        # whether values are computed by the placer (a node asks for a device, or a leaf's
+        # value is committed to one): then each op runs on the device placement gives it
+        self.placed = False
 
     # --- structure ------------------------------------------------------------------------------
 
@@ -79,6 +84,8 @@ class Recording:
             self.prefix_at[node.id] = self.prefix
             if node.op == CONSTANT:
                 self.values[node.id] = node.value
+            elif node.device is not None or node.colocate is not None:
+                self.placed = True
         self._registered_upto = len(nodes)
 
     def skip_new_nodes(self) -> None:
@@ -109,6 +116,8 @@ class Recording:
             self.where[t.node.id] = user_site()
         self.leaves.append(t)
         self.values[t.node.id] = value
+        if not self.placed and value_device(value) not in (None, default_device()):
+            self.placed = True  # a value committed to another device: ops go where it is
         self.register_new_nodes()
         return t
 
@@ -218,6 +227,8 @@ class Recording:
                 if value is not None:
                     return [value]
             missing = self._missing(fetches)
+            if self.placed and not self._traced():  # each op on its device
+                return interpret(self.graph, missing, fetches, self.values)
             if len(missing) <= INTERPRET_LIMIT or self._traced():
                 return evaluate(missing, fetches, self.values)
             upto = max(t.node.id for t in fetches)
@@ -236,7 +247,7 @@ class Recording:
         values = self.values
         if node.id in values:
             return values[node.id]
-        if node.kind != "op" or not jx.at_top_level():
+        if node.kind != "op" or self.placed or not jx.at_top_level():
             return None
         try:
             args = [values[i.node.id] for i in node.inputs]
@@ -344,6 +355,12 @@ def eager_constant(value: Any, dtype: Any = None) -> EagerTensor:
         array = jnp.asarray(value)  # weakly typed, as a Python scalar is
     else:
         array = jnp.asarray(value, dtype=None if dtype is None else jx.canonical_dtype(dtype))
+    scope = _context.effective()
+    if scope is not None and scope.device is not None:  # made inside ap.device(...): there
+        from adplugin.placement.devices import resolve
+        from adplugin.placement.requests import put, sharding_of
+
+        array = put(array, sharding_of(resolve(scope.device, op="constant")))
     return EagerTensor(None, None, array)
 
 

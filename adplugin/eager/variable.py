@@ -82,12 +82,12 @@ class Variable(Cell, OperatorMethods, ConcreteValueMethods):
     (`jnp.sum(v)`), as do all `ap.*` ops and Python operators.
     """
 
-    __slots__ = ("trainable", "name", "_uid")
+    __slots__ = ("trainable", "name", "_uid", "_device")
     _ids = itertools.count()
     __array_priority__ = 1000
 
     def __init__(self, initial_value: Any, trainable: bool = True, name: str | None = None,
-                 dtype: Any = None):
+                 dtype: Any = None, device: Any = None):
         scope = _context.current()
         if scope is not None and scope.frame is not None:
             raise RuntimeError(message(
@@ -106,6 +106,10 @@ class Variable(Cell, OperatorMethods, ConcreteValueMethods):
             raise TypeError(message("Variable", "unsupported dtype", value.dtype.name,
                                     "a boolean, integer or floating-point value",
                                     "pass a numeric array"))
+        # the device it lives on: `device=`, or the enclosing ap.device scope's (placement)
+        from adplugin.placement.requests import variable_home
+
+        self._device, value = variable_home(device, scope, value)
         super().__init__(value)
         self.trainable = bool(trainable)
         self._uid = next(Variable._ids)
@@ -145,11 +149,30 @@ class Variable(Cell, OperatorMethods, ConcreteValueMethods):
     def size(self) -> int:
         return int(self._stored.size)
 
+    @property
+    def device(self) -> Any:
+        """The `jax.Device` the value lives on (its requested one: `device=` or a scope)."""
+        from adplugin.placement.requests import variable_device
+
+        return variable_device(self)
+
+    def _write(self, value: Any) -> None:
+        if self._device is not None and not _traced(value) and jx.at_top_level():
+            from adplugin.placement.requests import put, sharding_of
+
+            value = put(value, sharding_of(self._device))  # it stays on its device
+        super()._write(value)
+
     # --- updates --------------------------------------------------------------------------------
 
     def assign(self, value: Any) -> Any:
         """Replace the value. Inside a graph being built this returns the assignment as a graph
-        op (applied when `Graph.run` fetches it), as in TensorFlow 1."""
+        op (applied when `Graph.run` fetches it), as in TensorFlow 1.
+
+        The value keeps the variable's dtype: one that NumPy casts "same_kind" is converted
+        (an int or a float64 into a float32 variable); one that would lose its kind (a float
+        into an integer variable, a complex into a float one) is refused, as TensorFlow does."""
+        check_assignable(self, value)
         scope = _context.effective()
         if scope is not None and scope.graph is not None:
             from adplugin.ir.variables import assign_node
@@ -197,6 +220,41 @@ class Variable(Cell, OperatorMethods, ConcreteValueMethods):
 
     def __eq__(self, other: object) -> bool:  # identity, so variables can key dicts
         return self is other
+
+
+def _value_dtype(value: Any) -> np.dtype | None:
+    """The dtype an assigned value brings (Python scalars by kind; None when unknown yet)."""
+    if type(value) in (bool, int, float, complex):
+        return np.dtype(type(value))
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        try:
+            return np.asarray(value).dtype
+        except Exception:
+            return None
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        return None
+
+
+def check_assignable(v: Variable, value: Any) -> None:
+    """Refuse a value whose dtype would lose its kind in `v` (float -> int, complex -> float):
+    a silent truncation otherwise (TensorFlow raises too)."""
+    dtype = _value_dtype(value)
+    if dtype is None or dtype == v.dtype or np.can_cast(dtype, v.dtype, "same_kind"):
+        return
+    if type(value) is int and v.dtype.kind in "iu":  # a Python int fits any integer variable
+        return
+    scalar = type(value) in (bool, int, float, complex)
+    raise TypeError(message(
+        f"Variable({v.name}).assign", f"a {type(value).__name__ if scalar else dtype.name} "
+        f"value would be truncated to the variable's {v.dtype.name}",
+        f"{value!r:.40}" if scalar else f"{type(value).__name__} of dtype {dtype.name}",
+        f"a value of dtype {v.dtype.name} (or one that casts to it 'same_kind')",
+        f"cast explicitly if truncation is meant (ap.astype(value, {v.dtype.name!r}), "
+        "np.round first, np.real for a complex value), or make a variable of the value's "
+        "dtype"))
 
 
 def _flatten(v: Variable) -> tuple[tuple[Any], tuple[bool, str]]:

@@ -45,13 +45,16 @@ class GraphError(AdpluginError, ValueError):
 class Node:
     """One primitive application (or a placeholder or constant) with its static params."""
 
-    __slots__ = ("id", "op", "inputs", "params", "output", "role", "name", "value")
+    __slots__ = ("id", "op", "inputs", "params", "output", "role", "name", "value", "device",
+                 "colocate")
 
     def __init__(self, id: int, op: Primitive | str, inputs: tuple[Tensor, ...],
                  params: dict[str, Any], role: str, name: str | None, value: Any = None):
         self.id, self.op, self.inputs, self.params = id, op, inputs, params
         self.role, self.name, self.value = role, name, value
         self.output: Tensor
+        self.device: Any = None  # the requested device (a placement DeviceSpec), or None
+        self.colocate: int | None = None  # the id of a node whose colocation group it joins
 
     @property
     def kind(self) -> str:
@@ -149,13 +152,17 @@ class Graph:
     def _add(self, op: Primitive | str, inputs: tuple[Tensor, ...], params: dict[str, Any],
              aval: ShapeDtype, name: str | None = None, value: Any = None,
              role: str | None = None) -> Tensor:
+        scope = _context.current()
         if role is None:
-            scope = _context.current()
             role = scope.role if scope is not None and scope.graph is self else FORWARD
         with self._lock:
             if name is not None:
                 name = self._unique(name)
             node = Node(len(self.nodes), op, inputs, params, role, name, value)
+            if scope is not None and (scope.device is not None or scope.colocate is not None):
+                from adplugin.placement.requests import stamp  # the scope's device request
+
+                stamp(self, node, scope)
             node.output = Tensor(self, node, aval)
             self.nodes.append(node)
         return node.output
@@ -175,7 +182,11 @@ class Graph:
     def placeholder(self, shape: Sequence[int | None] | None, dtype: Any = np.float32,
                     name: str | None = None) -> Any:
         """A graph input fed at run time. With an unknown dimension (None) or rank (shape
-        None) it is a `DeferredTensor`: the graph is specialized per fed shape when it runs."""
+        None) it is a `DeferredTensor`: the graph is specialized per fed shape when it runs.
+        A dimension of -1 means None, as in TensorFlow; anything else not a size is refused."""
+        from adplugin.primitives._wrapping import placeholder_type
+
+        shape, dtype = placeholder_type(shape, dtype)
         if shape is None or any(d is None for d in shape):
             from adplugin.ir.deferred import deferred_placeholder
 
@@ -188,7 +199,7 @@ class Graph:
         if isinstance(value, Tensor):
             raise GraphError(message("constant", "the value is already a tensor", repr(value),
                                      "a concrete array or scalar", "use the tensor directly"))
-        weak = dtype is None and isinstance(value, (bool, int, float, complex))
+        weak = dtype is None and type(value) in (int, float, complex)  # not NumPy scalars
         dtype = jx.canonical_dtype(dtype if dtype is not None else jx.result_type(value)[0])
         array = np.asarray(value, dtype)
         return self._add(CONSTANT, (), {}, ShapeDtype(array.shape, array.dtype, weak), name,
@@ -253,6 +264,13 @@ class Graph:
 
     def __str__(self) -> str:
         return self.to_text()
+
+    def placement(self, fetches: Any, feed_dict: dict[Any, Any] | None = None) -> Any:
+        """Where each node the fetches need runs, and why: a `Placement` (`table()` prints it,
+        `partition()` gives the per-device subprograms and transfers `run` uses)."""
+        from adplugin.placement.execution import placement_for_run
+
+        return placement_for_run(self, fetches, feed_dict or {})
 
     def run(self, fetches: Any, feed_dict: dict[Tensor, Any] | None = None) -> Any:
         """Compile (once per fetch and feed set) and run; returns fetches' values."""
@@ -334,7 +352,7 @@ def placeholder(shape: Sequence[int | None] | None, dtype: Any = np.float32,
     if scope is None or scope.graph is None:
         raise GraphError(message(
             "placeholder", "a placeholder belongs to a graph, and none is being built here",
-            f"placeholder({tuple(shape) if shape is not None else None}) outside any graph",
+            f"placeholder({shape!r:.40}) outside any graph",
             "a `with ap.Graph() as g:` block", "create placeholders inside `with ap.Graph():`, "
             "or pass arrays to the ops directly (eager)"))
     return scope.graph.placeholder(shape, dtype, name)

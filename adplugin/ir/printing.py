@@ -27,23 +27,44 @@ def _constant_text(value: np.ndarray) -> str:
     return f"<{value.size} values>"
 
 
-def node_text(node: Node) -> str:
+def node_text(node: Node, where: str = "") -> str:
+    """One node as a line; `where` is its device (" @cpu:1") when the graph is placed."""
     out = node.output
     lhs = f"{out.name}:{out.type_str}"
     if node.op == PLACEHOLDER:
-        return f"{lhs} = placeholder"
+        return f"{lhs} = placeholder{where}"
     if node.op == CONSTANT:
-        return f"{lhs} = constant {_constant_text(node.value)}"
+        return f"{lhs} = constant {_constant_text(node.value)}{where}"
     params = " ".join(f"{k}={_param_text(v)}" for k, v in sorted(node.params.items()))
     args = " ".join(i.name for i in node.inputs)
     mark = "  # derivative" if node.role == DERIVATIVE else ""
-    return f"{lhs} = {node.op_name}{f'[{params}]' if params else ''} {args}{mark}"
+    return f"{lhs} = {node.op_name}{f'[{params}]' if params else ''} {args}{where}{mark}"
+
+
+def _placement(graph: Graph, nodes: Sequence[Node]) -> Any:
+    """The placement of `nodes` when some of them ask for a device (else None). Printing
+    never fails: requests no device satisfies show where soft placement would put them."""
+    from adplugin.placement.placer import is_placed, place
+
+    return place(graph, nodes, soft=True) if is_placed(nodes) else None
+
+
+def _where(placement: Any, node: Node) -> str:
+    if placement is None:
+        return ""
+    d = placement.decision(node)
+    soft = f" (asked {d.requested})" if d.reason.startswith("soft") else ""
+    return f" @{d.device_name}{soft}"
 
 
 def to_text(graph: Graph, outputs: Sequence[Tensor] | None = None) -> str:
+    """The graph one node a line, like a jaxpr; in a placed graph each node ends with the
+    device the placer gives it (`@cpu:1`)."""
     nodes = needed_nodes(graph, outputs)
-    ins = " ".join(f"{n.output.name}:{n.output.type_str}" for n in nodes if n.op == PLACEHOLDER)
-    body = [f"    {node_text(n)}" for n in nodes if n.op != PLACEHOLDER]
+    placement = _placement(graph, nodes)
+    ins = " ".join(f"{n.output.name}:{n.output.type_str}{_where(placement, n)}"
+                   for n in nodes if n.op == PLACEHOLDER)
+    body = [f"    {node_text(n, _where(placement, n))}" for n in nodes if n.op != PLACEHOLDER]
     outs = ", ".join(t.name for t in outputs) if outputs is not None else ""
     return "\n".join([f"{{ graph {graph.name} ; {ins}. let", *body, f"  in ({outs}) }}"])
 
@@ -57,9 +78,14 @@ _STYLE = {
 
 
 def to_dot(graph: Graph, outputs: Sequence[Tensor] | None = None) -> str:
-    """Graphviz DOT: placeholders yellow, forward ops blue, derivative ops red, constants grey."""
+    """Graphviz DOT: placeholders yellow, forward ops blue, derivative ops red, constants grey.
+    In a placed graph each device is a cluster, and an edge between devices (a transfer) is
+    bold and labelled with the bytes it moves."""
     nodes = needed_nodes(graph, outputs)
+    placement = _placement(graph, nodes)
     lines = [f'digraph "{graph.name}" {{', "  rankdir=TB;", '  node [fontname="Helvetica"];']
+    clusters: dict[str, list[str]] = {}
+    edges: list[str] = []
     for n in nodes:
         style = _STYLE[n.op if isinstance(n.op, str) else n.role]
         if n.op == PLACEHOLDER:
@@ -68,14 +94,33 @@ def to_dot(graph: Graph, outputs: Sequence[Tensor] | None = None) -> str:
             label = _constant_text(n.value)
         else:
             label = f"{n.op_name}\\n{n.output.name}: {n.output.type_str}"
-        lines.append(f'  n{n.id} [label="{label}", {style}];')
-        for i in n.inputs:
-            lines.append(f"  n{i.node.id} -> n{n.id};")
+        line = f'  n{n.id} [label="{label}", {style}];'
+        if placement is None:
+            lines.append(line)
+        else:
+            clusters.setdefault(placement.decision(n).device_name, []).append(line)
+        edges.extend(f"  n{i.node.id} -> n{n.id}{_edge(placement, i, n)};" for i in n.inputs)
+    for k, (name, members) in enumerate(clusters.items()):
+        lines.append(f'  subgraph cluster_{k} {{ label="{name}"; style="rounded,dashed";')
+        lines.extend(f"  {m}" for m in members)
+        lines.append("  }")
+    lines.extend(edges)
     for k, t in enumerate(outputs or ()):
         lines.append(f'  out{k} [label="{t.name}", shape=plaintext];')
         lines.append(f"  n{t.node.id} -> out{k} [style=dashed];")
     lines.append("}")
     return "\n".join(lines)
+
+
+def _edge(placement: Any, t: Tensor, consumer: Node) -> str:
+    """Edge attributes: a value crossing devices is a transfer, labelled with its bytes (a
+    constant is copied into each program that uses it instead: dashed, no transfer)."""
+    if placement is None or placement[t] == placement[consumer]:
+        return ""
+    if t.node.op == CONSTANT:
+        return " [style=dashed]"
+    nbytes = int(np.prod(t.shape, dtype=np.int64)) * t.dtype.itemsize
+    return f' [label="{nbytes} B", style=bold, color="#d62728", fontcolor="#d62728"]'
 
 
 def render(dot: str, path: str, fmt: str | None = None) -> str:

@@ -138,8 +138,16 @@ class Plan:
         self.reads: list[Variable] = [t.node.value for t in reads]
         self.assigned: list[Variable] = [t.node.value for t in assigns]
         self.n_fetches = len(fetches)
-        self.program = jax.jit(simplified_program(graph, [*fetches, *assigns],
-                                                  [*feeds, *reads]))
+        from adplugin.placement.placer import is_placed
+
+        if is_placed(nodes):  # devices requested: a program per device (adplugin.placement)
+            from adplugin.placement.execution import PlacedProgram
+
+            self.program: Any = PlacedProgram(graph, [*fetches, *assigns], [*feeds, *reads],
+                                              nodes)
+        else:
+            self.program = jax.jit(simplified_program(graph, [*fetches, *assigns],
+                                                      [*feeds, *reads]))
 
     def read_values(self) -> list[Any]:
         return [v._stored for v in self.reads]
@@ -245,4 +253,5 @@ def export(graph: Graph, fetches: Any, feed_dict: dict[Any, Any]) -> Any:
     plan = compile_graph(graph, fetched.tensors, feeds)
     inputs = [*values, *plan.read_values()]
     specs = [jax.ShapeDtypeStruct(np.shape(v), v.dtype) for v in inputs]
-    return jax.export.export(plan.program)(*specs)
+    program = getattr(plan.program, "single_program", lambda: plan.program)()  # placed
+    return jax.export.export(program)(*specs)

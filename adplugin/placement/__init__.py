@@ -1,0 +1,29 @@
+"""Placement: which device every node runs on, and running graphs across devices (MPMD).
+
+- `devices.py`: device specs (`"cpu:1"`, `"/device:GPU:0"`, a `jax.Device`), the devices of
+  this process, soft placement.
+- `requests.py`: `ap.device` and `ap.colocate_with` scopes of the dispatch stack; eager ops
+  inside a device scope run there.
+- `placer.py`: a device and a reason for every node (`Graph.placement`), colocation groups,
+  soft placement and its errors.
+- `partition.py`: a placed graph cut into one subprogram per device run, with transfers.
+- `execution.py`: the subprograms compiled once and dispatched without waiting.
+"""
+
+from adplugin.placement.devices import (
+    DeviceSpec,
+    PlacementError,
+    available_devices,
+    get_soft_device_placement,
+    set_soft_device_placement,
+)
+from adplugin.placement.execution import PlacedProgram
+from adplugin.placement.partition import Partition, Subprogram, Transfer
+from adplugin.placement.placer import Decision, Placement
+from adplugin.placement.requests import colocate_with, derived_from, device
+
+__all__ = [
+    "Decision", "DeviceSpec", "Partition", "PlacedProgram", "Placement", "PlacementError",
+    "Subprogram", "Transfer", "available_devices", "colocate_with", "derived_from", "device",
+    "get_soft_device_placement", "set_soft_device_placement",
+]
