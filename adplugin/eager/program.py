@@ -22,6 +22,9 @@ from adplugin import _jax_adapter as jx
 from adplugin._lru import LRU
 from adplugin.ir.graph import Graph, Node, Tensor, needed_nodes
 from adplugin.lowering.run import evaluate, simplified_program
+from adplugin.placement.execution import PlacedProgram, placement_wanted
+from adplugin.placement.execution import interpret as placed_interpret
+from adplugin.placement.placer import is_placed
 
 INTERPRET_LIMIT = 8  # ops past known values that are interpreted rather than compiled
 
@@ -41,6 +44,8 @@ class Program:
         self._failed = False
         self._lock = threading.Lock()
         self.uses = 0
+        self._asks_devices = is_placed(self._nodes)  # a recorded op asked for a device
+        self._placed: PlacedProgram | None = None
 
     def interpret(self, *values: Any) -> list[Any]:
         env = {t.node.id: v for t, v in zip(self._feeds, values)}
@@ -65,6 +70,8 @@ class Program:
     def __call__(self, values: Sequence[Any]) -> list[Any]:
         if any(jx.is_tracer(v) for v in values):  # inside a JAX trace: inline the ops
             return self.interpret(*values)
+        if self._asks_devices or placement_wanted((), values):
+            return self._run_placed(values)
         with self._lock:
             self.uses += 1
             compiled = self._take_compiled()
@@ -79,6 +86,21 @@ class Program:
         if compiled is not None:
             return list(compiled(*values))
         return self.interpret(*values)
+
+    def _run_placed(self, values: Sequence[Any]) -> list[Any]:
+        """Ops asking for devices, or values on several devices: the placer decides where
+        each op runs; interpreted the first time, then partitioned and compiled per device."""
+        with self._lock:
+            self.uses += 1
+            first = self.uses == 1
+            if not first and self._placed is None:
+                self._placed = PlacedProgram(self._graph, self._fetches, self._feeds,
+                                             self._nodes, pin_feeds=True)
+        if first:
+            env = {t.node.id: v for t, v in zip(self._feeds, values)}
+            return placed_interpret(self._graph, self._nodes, self._fetches, env)
+        assert self._placed is not None
+        return self._placed(*values)
 
     def _take_compiled(self) -> Callable[..., Any] | None:
         if self._compiled is None and self._pending is not None and self._pending.done():

@@ -337,6 +337,7 @@ class Specialization:
 
     def _copy(self, t: Tensor) -> Tensor:
         from adplugin.ir.variables import VARIABLE, read_node
+        from adplugin.transforms.simplify import carry_request
 
         if t.graph is not self.source:
             raise GraphError(message("Graph.run", "a tensor of another graph", f"{t!r} of "
@@ -355,6 +356,8 @@ class Specialization:
                                                                out.weak_type),
                                        node.name, node.value, node.role)
             self._copied[node.id] = copy
+            if node.device is not None or node.colocate is not None:
+                carry_request(node, copy.node, self._copied)
         return self._copied[t.node.id]
 
     def _arg(self, a: Any) -> Any:

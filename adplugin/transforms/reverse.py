@@ -29,6 +29,7 @@ from adplugin._primitive import (
     register_symbolic_type,
 )
 from adplugin.ir.graph import Graph, GraphError, Node, Tensor, no_cyclic_gc
+from adplugin.placement.requests import derived_from
 
 
 class LinearVar:
@@ -260,12 +261,21 @@ def _backward(graph: Graph, cts: dict[int, Tensor], active: set[int], first: int
         ct = cts.get(node.id) if node.id in keep else cts.pop(node.id, None)
         if ct is None or node.id in stops or node.op.jvp is ZERO_DERIVATIVE:  # type: ignore[union-attr]
             continue  # a constant to derivation (a source cut by stop_gradient, say)
-        for i, inp in enumerate(node.inputs):
-            if inp.node.id not in active:
-                continue
-            contribution = _input_vjp(node, i, ct)
-            if contribution is not None:
-                cts[inp.node.id] = _add(cts.get(inp.node.id), contribution)
+        if node.device is None and node.colocate is None:
+            _push_back(node, ct, cts, active)
+        else:
+            with derived_from(node):  # derivative nodes colocated with their forward node
+                _push_back(node, ct, cts, active)
+
+
+def _push_back(node: Node, ct: Tensor, cts: dict[int, Tensor], active: set[int]) -> None:
+    """Adds node's input cotangents (its VJP applied to `ct`) into `cts`."""
+    for i, inp in enumerate(node.inputs):
+        if inp.node.id not in active:
+            continue
+        contribution = _input_vjp(node, i, ct)
+        if contribution is not None:
+            cts[inp.node.id] = _add(cts.get(inp.node.id), contribution)
 
 
 def gradients(ys: Any, xs: Any, grad_ys: Any = None,

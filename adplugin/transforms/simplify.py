@@ -210,7 +210,19 @@ def _simplify(graph: Graph, nodes: Sequence[Node], cut: Collection[int]
         else:
             t = s.apply(node, [mapping[i.node.id] for i in node.inputs])
         mapping[node.id] = t
+        if node.device is not None or node.colocate is not None:
+            carry_request(node, t.node, mapping)
     return s.graph, mapping
+
+
+def carry_request(old: Node, new: Node, mapping: dict[int, Tensor]) -> None:
+    """Give a copied node the device request and colocation of the node it copies (the
+    colocation target remapped to its copy); a node that already has a request keeps it."""
+    if new.device is not None or new.colocate is not None:
+        return
+    new.device = old.device
+    target = mapping.get(old.colocate) if old.colocate is not None else None
+    new.colocate = target.node.id if target is not None and target.node is not new else None
 
 
 def op_count(graph: Graph, outputs: Sequence[Tensor] | None = None) -> int:
