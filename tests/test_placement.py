@@ -883,9 +883,8 @@ def test_tape_gradient_of_values_on_two_devices_matches_jax_grad() -> None:
 def test_tape_ops_in_a_device_scope_run_there_and_differentiate() -> None:
     v = ap.Variable(np.array([0.3, -0.2], np.float32), device="cpu:2")
     for _ in range(3):
-        with ap.GradientTape() as tape:
-            with ap.device("cpu:3"):
-                y = ap.sum(ap.tanh(v * 2.0))
+        with ap.GradientTape() as tape, ap.device("cpu:3"):
+            y = ap.sum(ap.tanh(v * 2.0))
         (g,) = tape.gradient(y, [v])
         want = jax.grad(lambda a: jnp.sum(jnp.tanh(a * 2.0)))(np.asarray(v.value))
         np.testing.assert_allclose(g, want, rtol=1e-6)
