@@ -27,6 +27,6 @@ def _parse(argv: list[str]) -> list[str]:
     return app.parse_flags_with_usage(argv)
 
 
-def run(main: Callable[[list[str]], Any]) -> None:
+def run_main(main: Callable[[list[str]], Any]) -> None:
     """`absl.app.run(main)`, with help that exits 0."""
     app.run(main, flags_parser=_parse)

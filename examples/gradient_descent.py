@@ -60,6 +60,6 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    from _cli import run
+    from _cli import run_main
 
-    run(main)
+    run_main(main)

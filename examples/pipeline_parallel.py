@@ -243,5 +243,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    from _cli import run
-    run(main)
+    from _cli import run_main
+    run_main(main)
