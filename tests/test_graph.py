@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -56,8 +57,7 @@ def test_graph_gradients_equal_jax_grad_on_every_primitive(name: str) -> None:
         grads = ap.gradients(y, [holders[i] for i in floats])
         # second order: gradient of <grad, v>, a Hessian-vector product
         v = [np.full(np.shape(spec.args[i]), 0.5, np.float32) for i in floats]
-        gv = ap.add(*[ap.sum(ap.multiply(gr, vi)) for gr, vi in zip(grads, v)]) \
-            if len(grads) > 1 else ap.sum(ap.multiply(grads[0], v[0]))
+        gv = functools.reduce(ap.add, [ap.sum(ap.multiply(gr, vi)) for gr, vi in zip(grads, v)])
         hvp = ap.gradients(gv, [holders[i] for i in floats], unconnected_gradients="zero")
     g.verify()
     feed = {holders[i]: spec.args[i] for i in floats}
