@@ -99,3 +99,53 @@ __all__ = [
 ]
 
 from adplugin import optimizers  # noqa: E402  (needs optax)
+
+# Checkpoint policies that recognize adplugin's dot; checked serialized exports.
+from adplugin.lowering.serialized import deserialize_export, serialize_export  # noqa: E402
+from adplugin.primitives.linalg import checkpoint_policies  # noqa: E402
+
+__all__ += ["checkpoint_policies", "deserialize_export", "serialize_export"]
+
+# Placement: device requests, the placer, partitioned (MPMD) runs across devices.
+from adplugin import placement  # noqa: E402
+from adplugin.placement import (  # noqa: E402
+    Pipeline,
+    PipelineError,
+    PlacementError,
+    Schedule,
+    ScheduleError,
+    colocate_with,
+    device,
+    get_soft_device_placement,
+    gpipe,
+    one_f_one_b,
+    set_soft_device_placement,
+)
+
+__all__ += ["Pipeline", "PipelineError", "PlacementError", "Schedule", "ScheduleError",
+            "colocate_with", "device", "get_soft_device_placement", "gpipe", "one_f_one_b",
+            "placement", "set_soft_device_placement"]
+
+# More NumPy / jax.nn ops: reductions, order statistics, cumulative ops, nn functions.
+from adplugin.primitives import transcendental as _transcendental  # noqa: E402, F401
+from adplugin.primitives.cumulative import cumprod, cumsum  # noqa: E402
+from adplugin.primitives.elementwise import clip, erf, tan  # noqa: E402
+from adplugin.primitives.nn import log_softmax, one_hot, relu, softmax  # noqa: E402
+from adplugin.primitives.ordering import argmax, argmin, argsort, sort  # noqa: E402
+from adplugin.primitives.reductions import min, prod, std, var  # noqa: E402
+from adplugin.primitives.shape import stack  # noqa: E402
+
+__all__ += ["argmax", "argmin", "argsort", "clip", "cumprod", "cumsum", "erf", "log_softmax",
+            "min", "one_hot", "prod", "relu", "softmax", "sort", "std", "stack", "tan", "var"]
+
+# Sharded execution: every collective of a compiled program, checked against predictions.
+from adplugin import sharding  # noqa: E402
+from adplugin.sharding import (  # noqa: E402
+    Collectives,
+    PredictedCollective,
+    collectives,
+    compare_collectives,
+)
+
+__all__ += ["Collectives", "PredictedCollective", "collectives", "compare_collectives",
+            "sharding"]

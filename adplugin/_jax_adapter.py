@@ -356,3 +356,128 @@ def sub_jaxpr(params: dict[str, Any], names: Sequence[str]) -> Any | None:
         if isinstance(obj, (jex_core.ClosedJaxpr, jex_core.Jaxpr)):
             return obj
     return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Lowered modules (read by ap.testing.check_primitive)
+# ----------------------------------------------------------------------------------------------
+
+def lowered_result_types(lowered: Any, expected: Sequence[tuple[Sequence[int], Any]]
+                         ) -> tuple[list[str], list[str]]:
+    """The result types of a lowered program's main function as text (`tensor<8x3xf32>`), and
+    the types the (shape, dtype) pairs `expected` have in the same notation."""
+    module = lowered.compiler_ir("stablehlo")
+    got: list[str] = []
+    for op in module.body.operations:
+        if (op.operation.name == "func.func"
+                and ir.StringAttr(op.attributes["sym_name"]).value == "main"):
+            ftype = ir.FunctionType(ir.TypeAttr(op.attributes["function_type"]).value)
+            got = [str(t) for t in ftype.results]
+    with module.context, ir.Location.unknown():
+        want = [str(ir.RankedTensorType.get(list(shape), mlir.dtype_to_ir_type(np.dtype(dtype))))
+                for shape, dtype in expected]
+    return got, want
+
+
+# ----------------------------------------------------------------------------------------------
+# Matmul precision (read by adplugin.primitives.linalg)
+# ----------------------------------------------------------------------------------------------
+
+def canonical_precision(precision: Any) -> Any:
+    """`precision` as `lax.dot_general` keeps it: None, a pair of `lax.Precision`, or a dot
+    algorithm (preset). None reads `jax.default_matmul_precision`, as `jnp.matmul` does."""
+    from jax._src.lax import lax as _lax_internal  # private: jnp's own canonicalization
+
+    canonicalize = getattr(_lax_internal, "canonicalize_precision", None)
+    if canonicalize is not None:
+        return canonicalize(precision)
+    if precision is None:  # fallback: the public configuration value
+        precision = getattr(jax.config, "jax_default_matmul_precision", None)
+        if precision is None:
+            return None
+    if isinstance(precision, str):
+        precision = jax.lax.Precision(precision)
+    if isinstance(precision, jax.lax.Precision):
+        return precision, precision
+    return tuple(jax.lax.Precision(p) if isinstance(p, str) else p for p in precision)
+
+
+# ----------------------------------------------------------------------------------------------
+# CHLO ops (erf's lowering) and JAX functions as lowering rules, equations re-bound (ap.trace)
+# ----------------------------------------------------------------------------------------------
+
+from jax.extend.mlir.dialects import chlo  # noqa: E402, F401  (erf, sinh, ...: CHLO ops)
+
+
+def lower_function(ctx: LoweringContext, fn: Callable[..., Sequence[Any]],
+                   *operands: Any) -> list[Any]:
+    """Lower `fn` (a JAX-traceable function of the operands returning a list of arrays) inside
+    a lowering rule: its results as IR values, one per output."""
+    outs = mlir.lower_fun(fn, multiple_results=True)(ctx._ctx, *operands)
+    return [o[0] if isinstance(o, (list, tuple)) else o for o in outs]
+
+
+def rebind_equation(eqn: Any, *args: Any) -> list[Any]:
+    """Apply a jaxpr equation's primitive with its params to `args` in the current trace (as
+    `jax.core.eval_jaxpr` does), e.g. a `custom_jvp_call` with its rule: a list of outputs."""
+    params = eqn.primitive.get_bind_params(eqn.params)
+    if isinstance(params, tuple):  # older JAX: (subfuns, params)
+        subfuns, params = params
+        out = eqn.primitive.bind(*subfuns, *args, **params)
+    else:
+        out = eqn.primitive.bind(*args, **params)
+    return list(out) if eqn.primitive.multiple_results else [out]
+
+
+def effects_of(eqn: Any) -> bool:
+    """Whether a jaxpr equation has side effects (it may not be dropped as dead code)."""
+    return bool(getattr(eqn, "effects", None))
+
+
+# ----------------------------------------------------------------------------------------------
+# Placement (adplugin.placement): host callbacks in a lowered program; lowerings written in JAX
+# ----------------------------------------------------------------------------------------------
+
+def has_host_callbacks(lowered: Any) -> bool:
+    """Whether a `jax.stages.Lowered` program calls back into Python. Such programs execute
+    synchronously where they are dispatched (on CPU), so the placed executor dispatches them
+    from a worker thread per device to let other devices' programs run meanwhile."""
+    args = getattr(getattr(lowered, "_lowering", None), "compile_args", None)
+    if isinstance(args, dict) and "host_callbacks" in args:
+        return bool(args["host_callbacks"])
+    return "callback" in lowered.as_text()
+
+
+def lowering_from_jax(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A `define_primitive` lowering rule made from a JAX function of the operands
+    (`fn(*operands, **params)` with `jax.numpy`/`lax`, host callbacks included), lowered by
+    JAX itself into the primitive's place in the module."""
+
+    def rule(ctx: LoweringContext, *operands: Any, **params: Any) -> Any:
+        lowered = mlir.lower_fun(partial(fn, **params), multiple_results=False)
+        outs = lowered(ctx._ctx, *operands)
+        return [o[0] if isinstance(o, (list, tuple)) else o for o in outs]
+
+    return rule
+
+
+from jax._src.lib import xla_client as _xla_client  # noqa: E402  (private: device copies)
+
+_batched_copy = getattr(_xla_client, "batched_copy_array_to_devices_with_sharding", None)
+_REUSE_INPUT = getattr(getattr(_xla_client, "ArrayCopySemantics", None), "REUSE_INPUT", None)
+
+
+def copy_to_device(arrays: Sequence[Any], sharding: Any) -> list[Any]:
+    """`jax.device_put(arrays, sharding)` for single-device `jax.Array`s going to another
+    single device: the batched copy `device_put` itself makes for them, without its
+    Python-side dispatch (a quarter of the time); `jax.device_put` where that is missing."""
+    devices = getattr(sharding, "_internal_device_list", None)
+    if _batched_copy is None or _REUSE_INPUT is None or devices is None:
+        return list(jax.device_put(list(arrays), sharding))
+    n = len(arrays)
+    return list(_batched_copy(list(arrays), [devices] * n, [sharding] * n, [_REUSE_INPUT] * n))
+
+
+def jaxpr_function(closed: Any) -> Callable[..., list[Any]]:
+    """A closed jaxpr as a Python function of its inputs returning the list of its outputs."""
+    return jex_core.jaxpr_as_fun(closed)  # type: ignore[no-any-return]

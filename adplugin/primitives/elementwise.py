@@ -222,6 +222,60 @@ integer_pow_p = define_primitive(
     "integer_pow", abstract_eval=_typed_eval("integer_pow", "fiu"), lowering=_integer_pow_lower,
     jvp=(_integer_pow_jvp,), elementwise=True)
 
+# --- tan, erf -------------------------------------------------------------------------------------
+
+# tan' = 1 + tan^2 (written with the output, as lax does)
+tan_p = _unary("tan", hlo.tan, (lambda g, out, x: mul_p.bind(
+    g, add_p.bind(full_like(out, 1), square_p.bind(out))),), kinds="f")
+# erf' = 2/sqrt(pi) exp(-x^2)
+erf_p = _unary("erf", lambda x: jx.chlo.erf(x), (lambda g, out, x: mul_p.bind(
+    full_like(x, 2 / np.sqrt(np.pi)), mul_p.bind(g, exp_p.bind(neg_p.bind(square_p.bind(x))))),),
+    kinds="f")
+
+# --- rounding: piecewise constant ---------------------------------------------------------------
+
+floor_p = _unary("floor", hlo.floor, ZERO_DERIVATIVE, kinds="f")
+ceil_p = _unary("ceil", hlo.ceil, ZERO_DERIVATIVE, kinds="f")
+ROUND_AWAY_FROM_ZERO, ROUND_TO_NEAREST_EVEN = 0, 1  # lax.RoundingMethod's values
+
+
+def _round_lower(ctx: Any, x: Any, *, rounding_method: int) -> Any:
+    if rounding_method == ROUND_TO_NEAREST_EVEN:
+        return hlo.round_nearest_even(x)
+    return hlo.round_nearest_afz(x)
+
+
+round_p = define_primitive(
+    "round", abstract_eval=_typed_eval("round", "f"), lowering=_round_lower,
+    jvp=ZERO_DERIVATIVE, elementwise=True)
+
+# --- rem(x, y) = x - y * trunc(x / y) (C's fmod: the sign of x) ---------------------------------
+# d/dx = 1, d/dy = -trunc(x / y), with trunc spelled sign * floor(abs) as lax does.
+
+rem_p = _binary("rem", hlo.remainder, (
+    lambda g, out, x, y: g,
+    lambda g, out, x, y: mul_p.bind(neg_p.bind(g), mul_p.bind(
+        sign_p.bind(div_p.bind(x, y)), floor_p.bind(abs_p.bind(div_p.bind(x, y)))))))
+
+
+# --- clamp(lo, x, hi) = min(max(x, lo), hi), with lax.clamp's derivative -----------------------
+# x's derivative is 1 strictly inside (lo, hi); lo's where lo > x (and lo < hi); hi's where
+# hi < x. At x == lo or x == hi no operand gets it (unlike max/min, which share ties).
+
+def _both(p: Any, q: Any) -> Any:
+    return bind("select", p, q, full_like(q, False))
+
+
+clamp_p = define_primitive(
+    "clamp", abstract_eval=_typed_eval("clamp", "fiu"),
+    lowering=lambda ctx, lo, x, hi: hlo.clamp(lo, x, hi),
+    jvp=(lambda g, out, lo, x, hi: bind(
+             "select", _both(bind("gt", lo, x), bind("lt", lo, hi)), g, zeros_like(g)),
+         lambda g, out, lo, x, hi: bind(
+             "select", _both(bind("gt", x, lo), bind("lt", x, hi)), g, zeros_like(g)),
+         lambda g, out, lo, x, hi: bind("select", bind("lt", hi, x), g, zeros_like(g))),
+    elementwise=True)
+
 
 # ----------------------------------------------------------------------------------------------
 # NumPy-style wrappers
@@ -321,3 +375,16 @@ def abs(x: Any) -> Any:
         return x
     return _abs_signed(x)
 sign = _unary_wrapper(sign_p, "sign", "Sign: -1, 0 or 1 (derivative zero).", False)
+tan = _unary_wrapper(tan_p, "tan", "Tangent (derivative 1 + tan^2, as lax).", True)
+erf = _unary_wrapper(erf_p, "erf", "The error function, as jax.scipy.special.erf.", True)
+
+
+def clip(x: Any, min: Any = None, max: Any = None) -> Any:
+    """`x` limited to [min, max] (either bound may be None), as jnp.clip: maximum(min, x) then
+    minimum(max, x), with their promotion, broadcasting and derivative (a tie with a bound
+    shares it equally, as in jax.grad of jnp.clip)."""
+    if min is not None:
+        x = maximum(min, x)
+    if max is not None:
+        x = minimum(max, x)
+    return x

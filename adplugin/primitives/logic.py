@@ -33,13 +33,15 @@ def _compare_type(dtype: np.dtype) -> str:
     return {"f": "FLOAT", "i": "SIGNED", "u": "UNSIGNED", "b": "UNSIGNED"}[jx.kind_of(dtype)]
 
 
-def _comparison(name: str, direction: str) -> Primitive:
+def _comparison(name: str, direction: str, total_order: bool = False) -> Primitive:
     def abstract_eval(x: Any, y: Any) -> ShapeDtype:
         check_same_shape_dtype(name, (x, y))
         return ShapeDtype(x.shape, np.dtype(bool))
 
     def lowering(ctx: Any, x: Any, y: Any) -> Any:
         kind = _compare_type(np.dtype(ctx.avals_in[0].dtype))
+        if total_order and kind == "FLOAT":  # -NaN < -inf < ... < -0 < 0 < ... < inf < NaN
+            kind = "TOTALORDER"
         return hlo.compare(x, y, hlo.ComparisonDirectionAttr.get(direction),
                            compare_type=hlo.ComparisonTypeAttr.get(kind))
 
@@ -53,6 +55,9 @@ lt_p = _comparison("lt", "LT")
 le_p = _comparison("le", "LE")
 gt_p = _comparison("gt", "GT")
 ge_p = _comparison("ge", "GE")
+# total-order comparisons of floats (lax.lt_to, lax.le_to: sorting and searching)
+lt_to_p = _comparison("lt_to", "LT", total_order=True)
+le_to_p = _comparison("le_to", "LE", total_order=True)
 
 
 def _is_finite_eval(x: Any) -> ShapeDtype:

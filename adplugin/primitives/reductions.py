@@ -1,4 +1,5 @@
-"""Reductions: reduce_sum (linear) and reduce_max, with NumPy-style sum/mean/max/logsumexp.
+"""Reductions: reduce_sum (linear), reduce_max/min, reduce_prod; NumPy-style sum, mean, max,
+min, prod, var, std and logsumexp.
 
 Each primitive reduces its operand over a sorted tuple of `axes` with a StableHLO `reduce`
 whose region holds the scalar combiner. The wrappers at the bottom do what `jax.numpy` does:
@@ -149,6 +150,63 @@ reduce_max_p = define_primitive(
     batching=_reduce_batching("reduce_max"))
 
 
+# --- reduce_min(x, axes): as reduce_max, ties shared the same way -------------------------------
+
+def _min_identity(dtype: np.dtype) -> Any:
+    if _is_float(dtype):
+        inf = np.asarray(np.inf, dtype)
+        return inf if np.isposinf(inf) else np.asarray(jax_dtypes.finfo(dtype).max, dtype)
+    if jx.kind_of(dtype) in "iu":
+        return np.asarray(np.iinfo(dtype).max, dtype)
+    return np.asarray(True)
+
+
+reduce_min_p = define_primitive(
+    "reduce_min", abstract_eval=_reduce_eval("reduce_min", "fiub"),
+    lowering=_reduce_lowering(hlo.minimum, _min_identity),
+    jvp=(_max_jvp,), transpose=NOT_LINEAR, sharding=_reduce_sharding,
+    batching=_reduce_batching("reduce_min"))
+
+
+# --- reduce_prod(x, axes) ----------------------------------------------------------------------
+
+def _prod_jvp(g: Any, out: Any, x: Any, *, axes: tuple[int, ...]) -> Any:
+    """As jax.grad: the product taken as a balanced tree of pairwise products (the reduced
+    axes flattened into one, halves multiplied until one row is left), each product
+    differentiated by the product rule, so zeros in x need no division."""
+    shape = shape_of(x)
+    kept = _kept(len(shape), axes)
+    n = math.prod(shape[i] for i in axes)
+    flat = (n, *(shape[i] for i in kept))
+    xs, ts = (bind("reshape", bind("transpose", v, permutation=(*axes, *kept)), new_sizes=flat)
+              for v in (x, g))
+    if n == 0:
+        return full(flat[1:], 0, dtype_of(g))
+    while n > 1:
+        n1 = (n + 1) // 2
+        x1, x2, t1, t2 = (_rows(v, lo, hi) for v, lo, hi in
+                          ((xs, 0, n1), (xs, n1, n), (ts, 0, n1), (ts, n1, n)))
+        if n - n1 != n1:  # pad the second half with the identity row (x: 1, tangent: 0)
+            x2 = bind("concatenate", x2, full((1, *flat[1:]), 1, dtype_of(x)), dimension=0)
+            t2 = bind("concatenate", t2, full((1, *flat[1:]), 0, dtype_of(g)), dimension=0)
+        xs, ts = bind("mul", x1, x2), bind("add", bind("mul", t1, x2), bind("mul", x1, t2))
+        n = n1
+    return bind("reshape", ts, new_sizes=flat[1:])
+
+
+def _rows(v: Any, lo: int, hi: int) -> Any:
+    shape = shape_of(v)
+    return bind("slice", v, start_indices=(lo, *(0,) * (len(shape) - 1)),
+                limit_indices=(hi, *shape[1:]))
+
+
+reduce_prod_p = define_primitive(
+    "reduce_prod", abstract_eval=_reduce_eval("reduce_prod", "fiu"),
+    lowering=_reduce_lowering(hlo.multiply, lambda dtype: np.ones((), dtype)),
+    jvp=(_prod_jvp,), transpose=NOT_LINEAR, sharding=_reduce_sharding,
+    batching=_reduce_batching("reduce_prod"))
+
+
 # ----------------------------------------------------------------------------------------------
 # NumPy-style wrappers
 # ----------------------------------------------------------------------------------------------
@@ -248,14 +306,94 @@ def max(a: Any, axis: Axis = None, keepdims: bool = False) -> Any:
 @op(static_argnames=("axis", "keepdims"))
 def _max(a: Any, *, axis: Any, keepdims: bool) -> Any:
     x, axes = _prepare("max", a, axis)
+    _check_nonempty("max", "maximum", x, axes)
+    return _keepdims(reduce_max_p.bind(_as_dtype(x, dtype_of(x)), axes=axes), x, axes, keepdims)
+
+
+def _check_nonempty(name: str, what: str, x: Any, axes: tuple[int, ...]) -> None:
     shape = shape_of(x)
-    empty = [i for i in axes if shape[i] == 0]
-    if empty:
-        raise shape_error("max", "zero-size reduction: the maximum has no identity",
+    if any(shape[i] == 0 for i in axes):
+        raise shape_error(name, f"zero-size reduction: the {what} has no identity",
                           f"axes {list(axes)} of an array of shape {list(shape)}",
                           "reduced axes of size >= 1",
-                          "reduce over non-empty axes, or use ap.logsumexp (which gives -inf)")
-    return _keepdims(reduce_max_p.bind(_as_dtype(x, dtype_of(x)), axes=axes), x, axes, keepdims)
+                          "reduce over non-empty axes (ap.logsumexp of an empty axis is -inf)")
+
+
+def min(a: Any, axis: Axis = None, keepdims: bool = False) -> Any:
+    """Minimum over `axis`; ties share the derivative equally (as in jax.grad)."""
+    return _min(a, axis=_normalize_axis(axis), keepdims=bool(keepdims))
+
+
+@op(static_argnames=("axis", "keepdims"))
+def _min(a: Any, *, axis: Any, keepdims: bool) -> Any:
+    x, axes = _prepare("min", a, axis)
+    _check_nonempty("min", "minimum", x, axes)
+    return _keepdims(reduce_min_p.bind(_as_dtype(x, dtype_of(x)), axes=axes), x, axes, keepdims)
+
+
+def prod(a: Any, axis: Axis = None, keepdims: bool = False) -> Any:
+    """Product over `axis` (1 for an empty axis); bool and small integers multiply as the
+    default int, float16 in float32 (as jnp.prod). Zeros differentiate exactly, as in jax.grad."""
+    return _prod(a, axis=_normalize_axis(axis), keepdims=bool(keepdims))
+
+
+@op(static_argnames=("axis", "keepdims"))
+def _prod(a: Any, *, axis: Any, keepdims: bool) -> Any:
+    x, axes = _prepare("prod", a, axis)
+    dtype = _sum_dtype(dtype_of(x))
+    out = reduce_prod_p.bind(_as_dtype(x, _compute_dtype(dtype)), axes=axes)
+    return _keepdims(_as_dtype(out, dtype), x, axes, keepdims)
+
+
+def var(a: Any, axis: Axis = None, ddof: int | float = 0, keepdims: bool = False) -> Any:
+    """Variance over `axis`: sum((a - mean)^2) / (N - ddof), as jnp.var (NaN where
+    N - ddof <= 0; integers give the default float; float16 computed in float32)."""
+    return _var(a, axis=_normalize_axis(axis), ddof=_check_ddof("var", ddof),
+                keepdims=bool(keepdims))
+
+
+def std(a: Any, axis: Axis = None, ddof: int | float = 0, keepdims: bool = False) -> Any:
+    """Standard deviation over `axis`: sqrt(ap.var(...)), as jnp.std (its derivative is
+    infinite where the variance is 0, as in jax.grad)."""
+    return _std(a, axis=_normalize_axis(axis), ddof=_check_ddof("std", ddof),
+                keepdims=bool(keepdims))
+
+
+def _check_ddof(name: str, ddof: Any) -> int | float:
+    if isinstance(ddof, (bool, np.bool_)) or not isinstance(ddof, (int, float, np.integer,
+                                                                     np.floating)):
+        raise type_error(name, "ddof is not a number", repr(ddof)[:60],
+                         "an int or float (the divisor is N - ddof)", "pass e.g. ddof=1")
+    return ddof.item() if isinstance(ddof, (np.integer, np.floating)) else ddof
+
+
+@op(static_argnames=("axis", "ddof", "keepdims"))
+def _var(a: Any, *, axis: Any, ddof: int | float, keepdims: bool) -> Any:
+    return _variance("var", a, axis, ddof, keepdims)
+
+
+@op(static_argnames=("axis", "ddof", "keepdims"))
+def _std(a: Any, *, axis: Any, ddof: int | float, keepdims: bool) -> Any:
+    out = _variance("std", a, axis, ddof, keepdims)
+    return bind("sqrt", out)
+
+
+def _variance(name: str, a: Any, axis: Any, ddof: int | float, keepdims: bool) -> Any:
+    x, axes = _prepare(name, a, axis)
+    dtype = _inexact_dtype(dtype_of(x))
+    compute = _compute_dtype(dtype)
+    x = _as_dtype(x, compute)
+    count = math.prod(shape_of(x)[i] for i in axes)
+    total = reduce_sum_p.bind(x, axes=axes)
+    mean = bind("div", total, full(shape_of(total), count, compute))
+    centered = bind("square", bind("sub", x, _expand_to(mean, x, axes)))
+    normalizer = count - ddof
+    sq = reduce_sum_p.bind(centered, axes=axes)
+    out = _as_dtype(bind("div", sq, full(shape_of(sq), normalizer, compute)), dtype)
+    # N - ddof <= 0 gives NaN, as jnp.var (a select keeps the value's graph connected)
+    out = bind("select", full(shape_of(out), normalizer > 0, np.bool_), out,
+               full(shape_of(out), np.nan, dtype))
+    return _keepdims(out, x, axes, keepdims)
 
 
 def logsumexp(a: Any, axis: Axis = None, keepdims: bool = False) -> Any:

@@ -1,4 +1,6 @@
-"""Shape primitives: broadcast_in_dim, reshape, transpose, slice, concatenate (all linear)."""
+"""Shape primitives: broadcast_in_dim, reshape, transpose, slice, concatenate (all linear),
+with NumPy-style wrappers (broadcast_to, reshape, transpose, expand_dims, squeeze,
+concatenate, stack, basic indexing)."""
 
 from __future__ import annotations
 
@@ -442,6 +444,29 @@ def _concatenate(arrays: list[Any], *, axis: int) -> Any:
     if len(dtype_args) == 1:
         return dtype_args[0]
     return concatenate_p.bind(*dtype_args, dimension=dim)
+
+
+def stack(arrays: Sequence[Any], axis: int = 0) -> Any:
+    """Join arrays of one shape along a new axis `axis` (dtypes are promoted), as jnp.stack."""
+    if not isinstance(arrays, (list, tuple)) or not arrays:
+        raise type_error("stack", "needs a non-empty sequence of arrays",
+                         type(arrays).__name__, "a list or tuple of arrays", "pass [a, b, ...]")
+    return _stack(list(arrays), axis=int(axis))
+
+
+@op(static_argnames=("axis",))
+def _stack(arrays: list[Any], *, axis: int) -> Any:
+    check_array_like("stack", *arrays)
+    shapes = [shape_of(a) for a in arrays]
+    if len(set(shapes)) != 1:
+        raise shape_error("stack", "all input arrays must have the same shape",
+                          ", ".join(str(list(s)) for s in shapes), "arrays of one shape",
+                          "reshape or broadcast_to the arrays to one shape first")
+    shape = shapes[0]
+    dim = canonical_axis("stack", axis, len(shape) + 1)
+    parts = [reshape_p.bind(a, new_sizes=(*shape[:dim], 1, *shape[dim:]))
+             for a in promote_dtypes("stack", arrays)]
+    return parts[0] if len(parts) == 1 else concatenate_p.bind(*parts, dimension=dim)
 
 
 def basic_index(x: Any, key: Any) -> Any:
