@@ -256,7 +256,10 @@ def new_primitive(name: str) -> Any:
 
 class _EagerImpl:
     """Eager evaluation of a primitive: one cached `jax.jit` per params (C++ fast dispatch),
-    falling back to JAX's own path for unhashable params."""
+    falling back to JAX's own path for unhashable params. The cache is a plain dict (the
+    eager hot path) bounded by evicting its oldest entry."""
+
+    MAX_ENTRIES = 1024
 
     def __init__(self, prim: Any):
         self.prim = prim
@@ -269,6 +272,8 @@ class _EagerImpl:
         except TypeError:
             return _dispatch.apply_primitive(self.prim, *args, **params)
         if fn is None:
+            if len(self.cache) >= self.MAX_ENTRIES:
+                self.cache.pop(next(iter(self.cache), None), None)
             fn = self.cache[key] = jax.jit(partial(self.prim.bind, **params))
         return fn(*args)
 
