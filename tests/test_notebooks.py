@@ -168,6 +168,25 @@ def test_eager_dispatch_in_this_interpreter(run):
     assert result["settings"]["shape"] == [32, 32]
 
 
+def test_placement(run):
+    nb, result, out = run("nb_placement")
+    check_common("nb_placement", nb, result, out, figures=1)
+    check, branches, overhead = result["check"], result["branches"], result["overhead"]
+    assert check["branches_max_rel_diff"] <= check["rtol"] and check["chain_bit_equal"] is True
+    values = check["branch_values"]
+    assert set(values) == {"two_devices", "one_device", "unplaced"}
+    assert values["two_devices"] == pytest.approx(values["unplaced"], rel=1e-5)
+    for k in ("two_devices", "one_device", "unplaced"):
+        assert len(branches["runs_s"][k]) == result["settings"]["repeats"]
+        assert branches["median_s"][k] > 0
+    assert overhead["subprograms"] == 4 and overhead["transfers"] == 3
+    assert len(result["partitions"]["branches"]) == 3  # a branch per device, then the sum
+    assert result["ratios"]["two_over_one_device"] == pytest.approx(
+        branches["median_s"]["two_devices"] / branches["median_s"]["one_device"])
+    assert overhead["overhead_us"] == pytest.approx(
+        overhead["median_us"]["four_subprograms"] - overhead["median_us"]["unplaced"])
+
+
 def test_a_notebook_that_errors_fails(kernels, tmp_path):
     nb = insert_after(read_notebook("nb_eager_dispatch"), "SMALL, pick",
                       "raise RuntimeError('planted error')")
