@@ -28,6 +28,8 @@ from jax.extend.mlir.dialects import stablehlo as hlo
 from jax.interpreters import ad, batching, mlir
 from jax.sharding import NamedSharding, PartitionSpec
 
+from adplugin._params import params_key
+
 __all__ = [
     "JaxPrimitive",
     "LoweringContext",
@@ -267,7 +269,7 @@ class _EagerImpl:
 
     def __call__(self, *args: Any, **params: Any) -> Any:
         try:
-            key = tuple(params.items())
+            key = params_key(params)
             fn = self.cache.get(key)
         except TypeError:
             return _dispatch.apply_primitive(self.prim, *args, **params)

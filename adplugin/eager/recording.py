@@ -25,6 +25,7 @@ from adplugin import _context
 from adplugin import _jax_adapter as jx
 from adplugin._errors import DerivativeError, message
 from adplugin._operator_types import ConcreteValueMethods, OperatorMethods
+from adplugin._params import params_key
 from adplugin._primitive import (
     ZERO_DERIVATIVE,
     Primitive,
@@ -102,7 +103,7 @@ class Recording:
         params: Any = ()
         if node.params:
             try:
-                params = structure.freeze(node.params)
+                params = params_key(node.params)
             except TypeError:
                 params = structure.Unkeyable()
         sidx = self.sidx

@@ -12,11 +12,12 @@ The trie is one bounded table of edges (see `_TRIE`), so it never grows without 
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from typing import Any
 
 import numpy as np
+
+from adplugin._params import array_key
 
 
 class Prefix:
@@ -54,28 +55,10 @@ _MAX_PREFIXES = 1_000_000
 _lock = threading.Lock()
 ROOT = Prefix(None)
 
-_SMALL_CONSTANT = 64  # constants up to this many bytes key by their bytes, larger by a digest
-
 
 def constant_entry(value: np.ndarray, weak: bool) -> Any:
     """The structure entry of a constant: its type and its exact value."""
-    data = value.tobytes()
-    if len(data) > _SMALL_CONSTANT:
-        data = hashlib.blake2b(data, digest_size=20).digest()
-    return ("const", value.dtype.str, value.shape, weak, data)
-
-
-def freeze(value: Any) -> Any:
-    """A hashable form of a param value (lists become tuples, arrays their bytes); raises
-    TypeError for values that cannot be keyed."""
-    if isinstance(value, (list, tuple)):
-        return tuple(freeze(v) for v in value)
-    if isinstance(value, dict):
-        return tuple(sorted((k, freeze(v)) for k, v in value.items()))
-    if isinstance(value, np.ndarray):
-        return constant_entry(value, False)
-    hash(value)
-    return value
+    return array_key(value, weak)
 
 
 class Unkeyable:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from adplugin._params import params_key
 from adplugin._primitive import Primitive, ShapeDtype
 from adplugin.ir.graph import (
     CONSTANT,
@@ -112,7 +113,7 @@ class _Simplifier:
         folded = self._fold(prim.name, inputs, node)
         if folded is not None:
             return folded
-        key = (prim.name, tuple(i.node.id for i in inputs), _freeze(node.params))
+        key = (prim.name, tuple(i.node.id for i in inputs), params_key(node.params))
         hit = self.cse.get(key)
         if hit is not None:
             return hit
@@ -170,11 +171,6 @@ def _integer_div(name: str, node: Node) -> bool:
     """Integer divisions of constants are folded whatever their size (XLA's constant folder
     would trap on a division by zero among them)."""
     return name == "div" and np.dtype(node.output.dtype).kind in "iu"
-
-
-def _freeze(params: dict[str, Any]) -> Any:
-    return tuple(sorted((k, v if not isinstance(v, list) else tuple(v))
-                        for k, v in params.items()))
 
 
 def _aval(t: Tensor) -> ShapeDtype:
