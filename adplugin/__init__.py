@@ -149,3 +149,9 @@ from adplugin.sharding import (  # noqa: E402
 
 __all__ += ["Collectives", "PredictedCollective", "collectives", "compare_collectives",
             "sharding"]
+
+# Sharding annotations: the mesh in scope, sharding constraints.
+from adplugin.primitives.annotation import shard  # noqa: E402
+from adplugin.sharding.mesh import MeshError, current_mesh, mesh  # noqa: E402
+
+__all__ += ["MeshError", "current_mesh", "mesh", "shard"]

@@ -30,7 +30,7 @@ class Scope:
     """One entry of the dispatch stack (immutable once pushed)."""
 
     __slots__ = ("parent", "owner", "jax_trace", "graph", "role", "recording", "paused",
-                 "frame", "device", "colocate")
+                 "frame", "device", "colocate", "mesh")
 
     def __init__(self, parent: Scope | None, owner: Any) -> None:
         self.parent, self.owner = parent, owner
@@ -43,10 +43,12 @@ class Scope:
             self.frame: Any = None  # an `ap.function` trace: variables read and written there
             self.device: Any = None  # the requested device (`ap.device`): a DeviceSpec
             self.colocate: Any = None  # `ap.colocate_with(t)`: the tensor new nodes join
+            self.mesh: Any = None  # `ap.mesh(m)`: the mesh shardings refer to
         else:
             self.graph, self.role = parent.graph, parent.role
             self.recording, self.paused, self.frame = parent.recording, parent.paused, parent.frame
             self.device, self.colocate = parent.device, parent.colocate
+            self.mesh = parent.mesh
 
     def __repr__(self) -> str:
         return f"<Scope of {self.owner!r}>"

@@ -234,6 +234,24 @@ def _register_lowering(prim: Any, rule: Callable[..., Any]) -> None:
     mlir.register_lowering(prim, lowering)
 
 
+def lower_sharding_constraint(ctx: LoweringContext, x: Any, sharding: NamedSharding) -> Any:
+    """`x` constrained to `sharding` in a lowering rule: XLA's sharding annotation (the one
+    `with_sharding_constraint` emits), whatever the mesh's axis types. Where the output type
+    carries explicit axes, the typed annotation is added from the type instead."""
+    raw = ctx._ctx
+    aval = raw.avals_out[0]
+    typed = getattr(aval, "sharding", None)
+    if (isinstance(typed, NamedSharding) and not typed.mesh.empty
+            and not typed.mesh.are_all_axes_auto and any(e is not None for e in typed.spec)):
+        return x
+    ndim = len(aval.shape)
+    if _config.use_shardy_partitioner.value:
+        proto: Any = sharding._to_sdy_sharding(ndim)
+    else:
+        proto = sharding._to_xla_hlo_sharding(ndim).to_proto()
+    return _mlir_private.wrap_with_sharding_op(raw, x, aval, proto)
+
+
 # ----------------------------------------------------------------------------------------------
 # Registration of one primitive into JAX
 # ----------------------------------------------------------------------------------------------

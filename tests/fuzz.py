@@ -426,9 +426,31 @@ def check_program(p: Program, m: Namespace = AP, only: Collection[str] | None = 
                     got, _eager_reference(p, d, key), rtol) is None:
                 bad = None  # where jnp makes NaNs, jit and eager may differ (XLA simplifies
                 # x - x to 0 even for NaN x): the eager jnp result counts as well
+            if bad is not None and bad[0] == "wrong values":
+                # an ill-conditioned program: jnp's own jit and eager runs differ by `spread`
+                # (rounding amplified), so a result is held to CONDITIONING times that
+                spread = relative_spread(ref[key], _eager_reference(p, d, key))
+                if spread > rtol and mismatch(got, ref[key], CONDITIONING * spread) is None:
+                    bad = None
             if bad is not None:
                 failures.append(Failure(check, f"{check}: {bad[0]}", bad[1]))
     return failures
+
+
+CONDITIONING = 20  # how far past jnp's own jit-vs-eager spread a result may be
+
+
+def relative_spread(a: Any, b: Any) -> float:
+    """The largest |a - b| / (|b| + scale) over finite entries (mismatch's error measure)."""
+    worst = 0.0
+    for x, y in zip(_leaves(a), _leaves(b)):
+        x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        fin = np.isfinite(x64) & np.isfinite(y64)
+        if x64.shape != y64.shape or not fin.any():
+            continue
+        scale = max(float(np.abs(y64[fin]).max()), SCALE_FLOOR)
+        worst = max(worst, float(np.max(np.abs(x64 - y64)[fin] / (np.abs(y64[fin]) + scale))))
+    return worst
 
 
 def _not_finite(x: Any) -> bool:

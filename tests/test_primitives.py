@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import adplugin as ap
 from adplugin.testing import check_primitive
@@ -55,6 +57,10 @@ def _scatter_add(u: Any, i: Any, axis: int, operand_shape: tuple[int, ...]) -> A
     return jnp.zeros(operand_shape, u.dtype).at[where].add(u, mode="clip")
 
 
+def _identity(x: Any, sharding: Any) -> Any:
+    return x
+
+
 X, Y = normal(8, 3), normal(8, 3)
 SPECS: dict[str, Spec] = {
     "add": spec(X, Y, hlo="add", reference=jnp.add),
@@ -90,6 +96,8 @@ SPECS: dict[str, Spec] = {
     "convert_element_type": spec(X, new_dtype=np.dtype(np.float16), weak_type=False,
                                  hlo="convert", reference=_convert),
     "stop_gradient": spec(X, hlo=None, reference=lax.stop_gradient),
+    "shard": spec(X, sharding=NamedSharding(jax.make_mesh((8,), ("x",)), P("x", None)),
+                  hlo=None, reference=_identity),
     "broadcast_in_dim": spec(normal(8, 1), shape=(2, 8, 3), broadcast_dimensions=(1, 2),
                              hlo="broadcast_in_dim", reference=lax.broadcast_in_dim),
     "reshape": spec(normal(8, 6), new_sizes=(8, 2, 3), hlo="reshape", reference=lax.reshape),

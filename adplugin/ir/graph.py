@@ -46,7 +46,7 @@ class Node:
     """One primitive application (or a placeholder or constant) with its static params."""
 
     __slots__ = ("id", "op", "inputs", "params", "output", "role", "name", "value", "device",
-                 "colocate")
+                 "colocate", "sharding")
 
     def __init__(self, id: int, op: Primitive | str, inputs: tuple[Tensor, ...],
                  params: dict[str, Any], role: str, name: str | None, value: Any = None):
@@ -55,6 +55,7 @@ class Node:
         self.output: Tensor
         self.device: Any = None  # the requested device (a placement DeviceSpec), or None
         self.colocate: int | None = None  # the id of a node whose colocation group it joins
+        self.sharding: Any = None  # an input's NamedSharding (placeholder(..., sharding=))
 
     @property
     def kind(self) -> str:
@@ -180,20 +181,34 @@ class Graph:
         return candidate
 
     def placeholder(self, shape: Sequence[int | None] | None, dtype: Any = np.float32,
-                    name: str | None = None) -> Any:
+                    name: str | None = None, sharding: Any = None) -> Any:
         """A graph input fed at run time. With an unknown dimension (None) or rank (shape
         None) it is a `DeferredTensor`: the graph is specialized per fed shape when it runs.
-        A dimension of -1 means None, as in TensorFlow; anything else not a size is refused."""
+        A dimension of -1 means None, as in TensorFlow; anything else not a size is refused.
+        `sharding` (a `PartitionSpec` on the mesh in scope, or a `NamedSharding`): fed values
+        are put in that sharding, and propagation starts from it."""
         from adplugin.primitives._wrapping import placeholder_type
 
         shape, dtype = placeholder_type(shape, dtype)
         if shape is None or any(d is None for d in shape):
+            if sharding is not None:
+                raise GraphError(message(
+                    "placeholder", "a sharded placeholder needs a known shape",
+                    f"shape {shape} with sharding {sharding}", "every dimension known",
+                    "give the full shape (shard the batch, not an unknown dimension)"))
             from adplugin.ir.deferred import deferred_placeholder
 
             return deferred_placeholder(self, shape, dtype, name)
         aval = ShapeDtype(tuple(int(d) for d in shape if d is not None),  # (none is None)
                           jx.canonical_dtype(dtype))
-        return self._add(PLACEHOLDER, (), {}, aval, name or "placeholder")
+        named = None
+        if sharding is not None:
+            from adplugin.sharding.mesh import named_sharding
+
+            named = named_sharding("placeholder", sharding, aval.shape)
+        t = self._add(PLACEHOLDER, (), {}, aval, name or "placeholder")
+        t.node.sharding = named
+        return t
 
     def constant(self, value: Any, dtype: Any = None, name: str | None = None) -> Tensor:
         if isinstance(value, Tensor):
@@ -265,6 +280,24 @@ class Graph:
     def __str__(self) -> str:
         return self.to_text()
 
+    def sharding(self, outputs: Sequence[Tensor] | None = None, strict: bool = False) -> Any:
+        """Every node's sharding, propagated from the annotations with each primitive's rule
+        (a `Propagation`: `.spec(t)`, `.type_text(t)`, `.conflicts`, `.explain(t)`);
+        `strict=True` raises on a conflict instead of taking the node as replicated."""
+        from adplugin.sharding.propagate import propagate
+
+        return propagate(self, outputs, strict)
+
+    def explain_sharding(self, t: Tensor) -> str:
+        """The chain of nodes and rules that decided `t`'s sharding."""
+        return self.sharding([t]).explain(t)  # type: ignore[no-any-return]
+
+    def predicted_collectives(self, outputs: Sequence[Tensor] | None = None) -> Any:
+        """The collectives the propagated shardings call for, each with its node."""
+        from adplugin.sharding.predict import predict_collectives
+
+        return predict_collectives(self.sharding(outputs))
+
     def placement(self, fetches: Any, feed_dict: dict[Any, Any] | None = None) -> Any:
         """Where each node the fetches need runs, and why: a `Placement` (`table()` prints it,
         `partition()` gives the per-device subprograms and transfers `run` uses)."""
@@ -284,11 +317,13 @@ class Graph:
 
         return lower(self, fetches, feed_dict or {})
 
-    def export(self, fetches: Any, feed_dict: dict[Tensor, Any] | None = None) -> Any:
-        """The program as a serializable `jax.export.Exported`."""
+    def export(self, fetches: Any, feed_dict: dict[Tensor, Any] | None = None,
+               platforms: Sequence[str] | None = None) -> Any:
+        """The program as a serializable `jax.export.Exported` (input shardings kept;
+        `platforms` such as `("cpu", "cuda", "tpu")` lowers for each of them)."""
         from adplugin.lowering.run import export
 
-        return export(self, fetches, feed_dict or {})
+        return export(self, fetches, feed_dict or {}, platforms)
 
     def _bind(self, prim: Primitive, args: Sequence[Any], params: dict[str, Any]) -> Tensor:
         return self.apply(prim, args, params)
@@ -344,7 +379,7 @@ def get_default_graph() -> Graph:
 
 
 def placeholder(shape: Sequence[int | None] | None, dtype: Any = np.float32,
-                name: str | None = None) -> Any:
+                name: str | None = None, sharding: Any = None) -> Any:
     """A graph input to be fed at run time (TensorFlow 1 style), in the innermost graph. None
     for a dimension (or for the shape: unknown rank) defers shapes to run time: the graph is
     specialized per fed shape (see `adplugin.ir.deferred`)."""
@@ -355,7 +390,7 @@ def placeholder(shape: Sequence[int | None] | None, dtype: Any = np.float32,
             f"placeholder({shape!r:.40}) outside any graph",
             "a `with ap.Graph() as g:` block", "create placeholders inside `with ap.Graph():`, "
             "or pass arrays to the ops directly (eager)"))
-    return scope.graph.placeholder(shape, dtype, name)
+    return scope.graph.placeholder(shape, dtype, name, sharding)
 
 
 def constant(value: Any, dtype: Any = None, name: str | None = None) -> Any:

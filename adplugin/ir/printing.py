@@ -27,10 +27,11 @@ def _constant_text(value: np.ndarray) -> str:
     return f"<{value.size} values>"
 
 
-def node_text(node: Node, where: str = "") -> str:
-    """One node as a line; `where` is its device (" @cpu:1") when the graph is placed."""
+def node_text(node: Node, where: str = "", type_text: str | None = None) -> str:
+    """One node as a line; `where` is its device (" @cpu:1") when the graph is placed;
+    `type_text` its type when shown otherwise (sharded: `f32[8@x,4]`)."""
     out = node.output
-    lhs = f"{out.name}:{out.type_str}"
+    lhs = f"{out.name}:{type_text or out.type_str}"
     if node.op == PLACEHOLDER:
         return f"{lhs} = placeholder{where}"
     if node.op == CONSTANT:
@@ -57,16 +58,38 @@ def _where(placement: Any, node: Node) -> str:
     return f" @{d.device_name}{soft}"
 
 
+def _sharding(graph: Graph, nodes: Sequence[Node]) -> Any:
+    """The propagated shardings when some node is annotated with one (else None)."""
+    if not any(n.sharding is not None or n.op_name == "shard" for n in nodes):
+        return None
+    from adplugin.sharding.propagate import propagate
+
+    return propagate(graph, [n.output for n in nodes])
+
+
+def _type(sharding: Any, t: Tensor) -> str:
+    return t.type_str if sharding is None else sharding.type_text(t)
+
+
 def to_text(graph: Graph, outputs: Sequence[Tensor] | None = None) -> str:
     """The graph one node a line, like a jaxpr; in a placed graph each node ends with the
-    device the placer gives it (`@cpu:1`)."""
+    device the placer gives it (`@cpu:1`); in a sharded one, types show each dimension's
+    mesh axes (`f32[4778@x,100]`) and a sharding conflict is marked on its node."""
     nodes = needed_nodes(graph, outputs)
     placement = _placement(graph, nodes)
-    ins = " ".join(f"{n.output.name}:{n.output.type_str}{_where(placement, n)}"
+    sharding = _sharding(graph, nodes)
+    ins = " ".join(f"{n.output.name}:{_type(sharding, n.output)}{_where(placement, n)}"
                    for n in nodes if n.op == PLACEHOLDER)
-    body = [f"    {node_text(n, _where(placement, n))}" for n in nodes if n.op != PLACEHOLDER]
+    body = [f"    {node_text(n, _where(placement, n), _type(sharding, n.output))}"
+            f"{_conflict_mark(sharding, n)}" for n in nodes if n.op != PLACEHOLDER]
     outs = ", ".join(t.name for t in outputs) if outputs is not None else ""
     return "\n".join([f"{{ graph {graph.name} ; {ins}. let", *body, f"  in ({outs}) }}"])
+
+
+def _conflict_mark(sharding: Any, node: Node) -> str:
+    if sharding is None or sharding.decisions[node.id].conflict is None:
+        return ""
+    return "  # sharding conflict: replicated here (see explain_sharding)"
 
 
 _STYLE = {
@@ -83,23 +106,27 @@ def to_dot(graph: Graph, outputs: Sequence[Tensor] | None = None) -> str:
     bold and labelled with the bytes it moves."""
     nodes = needed_nodes(graph, outputs)
     placement = _placement(graph, nodes)
+    sharding = _sharding(graph, nodes)
     lines = [f'digraph "{graph.name}" {{', "  rankdir=TB;", '  node [fontname="Helvetica"];']
     clusters: dict[str, list[str]] = {}
     edges: list[str] = []
     for n in nodes:
         style = _STYLE[n.op if isinstance(n.op, str) else n.role]
         if n.op == PLACEHOLDER:
-            label = f"{n.output.name}\\n{n.output.type_str}"
+            label = f"{n.output.name}\\n{_type(sharding, n.output)}"
         elif n.op == CONSTANT:
             label = _constant_text(n.value)
         else:
-            label = f"{n.op_name}\\n{n.output.name}: {n.output.type_str}"
+            label = f"{n.op_name}\\n{n.output.name}: {_type(sharding, n.output)}"
+        if _conflict_mark(sharding, n):
+            style += ', color="#d62728", penwidth=2'
         line = f'  n{n.id} [label="{label}", {style}];'
         if placement is None:
             lines.append(line)
         else:
             clusters.setdefault(placement.decision(n).device_name, []).append(line)
-        edges.extend(f"  n{i.node.id} -> n{n.id}{_edge(placement, i, n)};" for i in n.inputs)
+        edges.extend(f"  n{i.node.id} -> n{n.id}{_edge(placement, i, n)}"
+                     f"{_sharded_edge(sharding, i)};" for i in n.inputs)
     for k, (name, members) in enumerate(clusters.items()):
         lines.append(f'  subgraph cluster_{k} {{ label="{name}"; style="rounded,dashed";')
         lines.extend(f"  {m}" for m in members)
@@ -121,6 +148,13 @@ def _edge(placement: Any, t: Tensor, consumer: Node) -> str:
         return " [style=dashed]"
     nbytes = int(np.prod(t.shape, dtype=np.int64)) * t.dtype.itemsize
     return f' [label="{nbytes} B", style=bold, color="#d62728", fontcolor="#d62728"]'
+
+
+def _sharded_edge(sharding: Any, t: Tensor) -> str:
+    """A sharded value's edge: blue, labelled with its mesh axes."""
+    if sharding is None or not sharding.decisions[t.node.id].sharded:
+        return ""
+    return f' [color="#1f77b4", penwidth=2, tooltip="{sharding.type_text(t)}"]'
 
 
 def render(dot: str, path: str, fmt: str | None = None) -> str:

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from adplugin.ir.graph import Graph
 
 
-def evaluate(nodes: Sequence[Node], outputs: Sequence[Tensor], env: dict[int, Any]) -> list[Any]:
+def evaluate(nodes: Sequence[Node], outputs: Sequence[Tensor], env: dict[int, Any],
+             labels: dict[int, str] | None = None) -> list[Any]:
     """Values of `outputs`, binding each node's primitive in order (`env`: fed values by id).
 
     The primitives bind JAX's, whatever graph or tape the caller is building meanwhile. Where
@@ -43,11 +44,11 @@ def evaluate(nodes: Sequence[Node], outputs: Sequence[Tensor], env: dict[int, An
     if jx.at_top_level():
         return _evaluate(nodes, outputs, env, eager=True)
     with jax_evaluation():
-        return _evaluate(nodes, outputs, env, eager=False)
+        return _evaluate(nodes, outputs, env, eager=False, labels=labels)
 
 
 def _evaluate(nodes: Sequence[Node], outputs: Sequence[Tensor], env: dict[int, Any],
-              eager: bool) -> list[Any]:
+              eager: bool, labels: dict[int, str] | None = None) -> list[Any]:
     for node in nodes:
         if node.id in env:
             continue
@@ -68,6 +69,11 @@ def _evaluate(nodes: Sequence[Node], outputs: Sequence[Tensor], env: dict[int, A
             args = [env[i.node.id] for i in node.inputs]
             if eager:
                 env[node.id] = node_op.jax_primitive.impl(*args, **node.params)
+            elif labels is not None and node.id in labels:
+                # lowered under the graph node's name: XLA's op metadata (op_name) keeps it,
+                # so a collective the partitioner inserts can be traced back to its node
+                with jax.named_scope(labels[node.id]):
+                    env[node.id] = node_op.bind(*args, **node.params)
             else:
                 env[node.id] = node_op.bind(*args, **node.params)
     return [env[t.node.id] for t in outputs]
@@ -116,12 +122,24 @@ def simplified_program(graph: Graph, fetches: Sequence[Tensor], feeds: Sequence[
     outs = [mapping[t.node.id] for t in fetches]
     ins = [mapping.get(t.node.id) for t in feeds]
     small_nodes = small.nodes
+    labels = node_labels(graph, mapping)
 
     def program(*values: Any) -> list[Any]:
         env = {t.node.id: v for t, v in zip(ins, values) if t is not None}
-        return evaluate(small_nodes, outs, env)
+        return evaluate(small_nodes, outs, env, labels)
 
     return program
+
+
+def node_labels(graph: Graph, mapping: dict[int, Tensor]) -> dict[int, str]:
+    """Simplified node id -> the name of the graph node it computes (the first one, where
+    simplification merged several), for op metadata."""
+    labels: dict[int, str] = {}
+    for old_id, t in mapping.items():
+        node = graph.nodes[old_id]
+        if not isinstance(node.op, str):
+            labels.setdefault(t.node.id, node.output.name)
+    return labels
 
 
 _PROGRAMS_PER_GRAPH = 64
@@ -227,8 +245,16 @@ def _prepare(graph: Graph, fetches: Any, feed_dict: dict[Any, Any]
         graph, flat, feed_dict = specialize(graph, flat, feed_dict)
     fetched = _Fetches(graph, flat)
     feeds = sorted(feed_dict, key=lambda t: t.node.id if isinstance(t, Tensor) else -1)
-    values = [_check_feed(graph, t, feed_dict[t]) for t in feeds]
+    values = [_placed_feed(t, _check_feed(graph, t, feed_dict[t])) for t in feeds]
     return graph, fetched, tree, feeds, values
+
+
+def _placed_feed(t: Tensor, value: Any) -> Any:
+    """A value fed to a sharded placeholder, put in the placeholder's sharding."""
+    sharding = t.node.sharding
+    if sharding is None or getattr(value, "sharding", None) == sharding:
+        return value
+    return jax.device_put(value, sharding)
 
 
 def run(graph: Graph, fetches: Any, feed_dict: dict[Any, Any]) -> Any:
@@ -244,14 +270,31 @@ def lower(graph: Graph, fetches: Any, feed_dict: dict[Any, Any]) -> Any:
     return compile_graph(graph, fetched.tensors, feeds).lower(*values)
 
 
-def export(graph: Graph, fetches: Any, feed_dict: dict[Any, Any]) -> Any:
+def export(graph: Graph, fetches: Any, feed_dict: dict[Any, Any],
+           platforms: Sequence[str] | None = None) -> Any:
     """A serializable `jax.export.Exported` of the program (`.serialize()` gives bytes that
     `jax.export.deserialize` loads and `.call`s without adplugin). It takes the fed values
     in the order their placeholders were created, then the values of the variables read (in
-    graph order), and returns the fetches flattened, then the values assigned."""
+    graph order), and returns the fetches flattened, then the values assigned. Sharded
+    inputs keep their shardings (`in_shardings_hlo`, and the outputs' the partitioner
+    chose); `platforms` (e.g. `("cpu", "cuda", "tpu")`) lowers for each, present or not."""
     graph, fetched, _, feeds, values = _prepare(graph, fetches, feed_dict)
     plan = compile_graph(graph, fetched.tensors, feeds)
     inputs = [*values, *plan.read_values()]
-    specs = [jax.ShapeDtypeStruct(np.shape(v), v.dtype) for v in inputs]
+    shardings = [_named(v) for v in inputs]
+    specs = [jax.ShapeDtypeStruct(np.shape(v), v.dtype, sharding=s)
+             for v, s in zip(inputs, shardings)]
     program = getattr(plan.program, "single_program", lambda: plan.program)()  # placed
-    return jax.export.export(program)(*specs)
+    if any(s is not None for s in shardings):  # the exported module states them
+        program = jax.jit(program, in_shardings=tuple(shardings))
+    exporter = (jax.export.export(program) if platforms is None else
+                jax.export.export(program, platforms=tuple(platforms)))
+    return exporter(*specs)
+
+
+def _named(value: Any) -> Any:
+    """A value's NamedSharding when it is sharded over a mesh (kept by exports), else None."""
+    sharding = getattr(value, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh.size > 1:
+        return sharding
+    return None

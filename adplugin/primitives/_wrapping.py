@@ -48,7 +48,10 @@ def op(*, static_argnames: Sequence[str] = ()) -> Callable[[F], F]:
             if found is not None or _scope_takes(operands):
                 if found is not None and found is not _SYMBOLIC:  # shapes known only when the
                     return found(wrapper, args, kwargs)  # graph runs: record the call
-                return checked(*args, **kwargs)
+                out = checked(*args, **kwargs)
+                if any(out is a for a in operands) and not is_symbolic(out):
+                    return _recorded_identity(out)
+                return out
             if static and any(isinstance(kwargs.get(k), list) for k in static):
                 kwargs = {k: tuple(v) if k in static and isinstance(v, list) else v
                           for k, v in kwargs.items()}  # static arguments must be hashable
@@ -117,6 +120,17 @@ def _symbolic_scan(args: Sequence[Any]) -> Any:
         if found is None and is_symbolic(a):
             found = _SYMBOLIC
     return found
+
+
+def _recorded_identity(x: Any) -> Any:
+    """An op that is an identity here (a reshape to the same shape, a transpose of a scalar)
+    returned its plain operand. Where a tape records ops on that array, return a recorded
+    value for it instead, as TensorFlow returns a new tensor: a Python operator applied to
+    the result then stays on the tape (on the array itself it would be JAX's, unrecorded)."""
+    scope = _context.effective()
+    if scope is None or scope.recording is None or not _scope_takes([x]):
+        return x
+    return get_primitive("reshape").bind(x, new_sizes=tuple(np.shape(x)))
 
 
 def _scope_takes(args: Sequence[Any]) -> bool:
