@@ -5,6 +5,11 @@
 - `compare.py`: `compare_collectives(predicted, measured)`, predicted rows against that table.
 - `axes.py`: which mesh axes a collective's device groups span.
 - `hlo.py`: the small reader of XLA's HLO text they rely on.
+- `mesh.py`: the mesh in scope (`mesh`, `current_mesh`) and partition-spec checks.
+- `propagate.py`: every graph node's sharding from the annotations, with each primitive's
+  rule (`Graph.sharding`, `Graph.explain_sharding`).
+- `predict.py`: the collectives the propagated shardings call for, per node
+  (`Graph.predicted_collectives`).
 """
 
 from adplugin.sharding.collectives import (
@@ -22,8 +27,18 @@ from adplugin.sharding.compare import (
     compare_collectives,
 )
 from adplugin.sharding.hlo import HloParseError
+from adplugin.sharding.mesh import MeshError, current_mesh, mesh
+from adplugin.sharding.predict import predict_collectives
+from adplugin.sharding.propagate import (
+    Decision,
+    Propagation,
+    ShardingConflictError,
+    propagate,
+)
 
 __all__ = [
     "KINDS", "Collective", "CollectiveCheck", "Collectives", "CollectivesError", "HloParseError",
     "Match", "Operand", "PredictedCollective", "collectives", "compare_collectives",
+    "Decision", "MeshError", "Propagation", "ShardingConflictError", "current_mesh", "mesh",
+    "predict_collectives", "propagate",
 ]
