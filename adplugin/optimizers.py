@@ -31,8 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adplugin import _jax_adapter as jx
 from adplugin._errors import message
 from adplugin.eager.variable import Cell, Variable, plain_value
+from adplugin.sharding.mesh import constrain
 
 try:
     import optax
@@ -45,9 +47,37 @@ LearningRate = float | Callable[..., Any]
 
 
 class _Slot(Cell):
-    """One variable's optimizer state (a pytree of arrays)."""
+    """One variable's optimizer state (a pytree of arrays). The state of a sharded variable
+    is sharded like it: each array of the variable's shape (moments, accumulators) keeps the
+    variable's sharding through every step, eager or in `ap.function`."""
 
-    __slots__ = ()
+    __slots__ = ("sharding", "_like")
+
+    def __init__(self, value: Any, variable: Variable | None = None):
+        self.sharding = None if variable is None else variable.sharding
+        self._like = None if variable is None else variable.shape
+        if self.sharding is not None:
+            value = jax.tree.map(self._put, value)
+        super().__init__(value)
+
+    def _put(self, leaf: Any) -> Any:
+        if getattr(leaf, "shape", None) != self._like or jx.is_tracer(leaf) or \
+                getattr(leaf, "sharding", None) == self.sharding:
+            return leaf
+        return jax.device_put(leaf, self.sharding)
+
+    def _write(self, value: Any) -> None:
+        if self.sharding is not None and jx.at_top_level():
+            value = jax.tree.map(self._put, value)
+        super()._write(value)
+
+    def constrained(self, value: Any) -> Any:
+        """A traced state with the variable-shaped arrays constrained to its sharding."""
+        sharding = self.sharding
+        if sharding is None:
+            return value
+        return jax.tree.map(lambda x: constrain(x, sharding)
+                            if getattr(x, "shape", None) == self._like else x, value)
 
 
 def _takes_no_argument(fn: Callable[..., Any]) -> bool:
@@ -193,7 +223,7 @@ class Optimizer:
         slot = self._slots.get(v)
         if slot is None:  # from the committed value, concretely even inside ap.function's
             with jax.ensure_compile_time_eval():  # trace: no second trace to lift it
-                slot = self._slots[v] = _Slot(self._init_state(v._stored))
+                slot = self._slots[v] = _Slot(self._init_state(v._stored), v)
         return slot
 
     def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Variable]]) -> None:

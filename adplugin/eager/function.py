@@ -34,6 +34,7 @@ from adplugin.eager.recording import EagerTensor
 from adplugin.eager.variable import Cell, Variable, plain_value
 from adplugin.placement.devices import resolve
 from adplugin.placement.requests import put, sharding_of
+from adplugin.sharding.mesh import constrain
 
 _DYNAMIC = object()  # marks, among arguments and results, the places of traced arrays
 
@@ -77,6 +78,10 @@ class Frame:
             self.discovered[cell] = None
         old = self.values.get(cell, cell._stored)
         value = jax.tree.map(lambda n, o: jnp.asarray(n, dtype=o.dtype), value, old)
+        sharding = getattr(cell, "sharding", None)
+        if sharding is not None:  # the program gives it back split as the variable is
+            constrained = getattr(cell, "constrained", None)  # optimizer state: some leaves
+            value = constrained(value) if constrained else constrain(value, sharding)
         self.values[cell] = value
         self.written[cell] = None
 

@@ -82,12 +82,12 @@ class Variable(Cell, OperatorMethods, ConcreteValueMethods):
     (`jnp.sum(v)`), as do all `ap.*` ops and Python operators.
     """
 
-    __slots__ = ("trainable", "name", "_uid", "_device")
+    __slots__ = ("trainable", "name", "_uid", "_device", "_sharding")
     _ids = itertools.count()
     __array_priority__ = 1000
 
     def __init__(self, initial_value: Any, trainable: bool = True, name: str | None = None,
-                 dtype: Any = None, device: Any = None):
+                 dtype: Any = None, device: Any = None, sharding: Any = None):
         scope = _context.current()
         if scope is not None and scope.frame is not None:
             raise RuntimeError(message(
@@ -110,6 +110,17 @@ class Variable(Cell, OperatorMethods, ConcreteValueMethods):
         from adplugin.placement.requests import variable_home
 
         self._device, value = variable_home(device, scope, value)
+        self._sharding = None
+        if sharding is not None:  # split over a mesh: `sharding=P(...)` on the mesh in scope
+            from adplugin.sharding.mesh import MeshError, named_sharding
+
+            if device is not None:
+                raise MeshError(message(
+                    "Variable", "both a device and a sharding were given", f"device={device!r}"
+                    f", sharding={sharding!r}", "one of them", "give the sharding alone (its "
+                    "mesh says which devices hold the value)"))
+            self._sharding = named_sharding("Variable", sharding, value.shape)
+            value = jax.device_put(value, self._sharding)
         super().__init__(value)
         self.trainable = bool(trainable)
         self._uid = next(Variable._ids)
@@ -156,11 +167,20 @@ class Variable(Cell, OperatorMethods, ConcreteValueMethods):
 
         return variable_device(self)
 
+    @property
+    def sharding(self) -> Any:
+        """The `NamedSharding` given with `sharding=` (the value keeps it through every
+        assignment, in eager code, tapes and `ap.function`), else None."""
+        return self._sharding
+
     def _write(self, value: Any) -> None:
         if self._device is not None and not _traced(value) and jx.at_top_level():
             from adplugin.placement.requests import put, sharding_of
 
             value = put(value, sharding_of(self._device))  # it stays on its device
+        elif self._sharding is not None and not _traced(value) and jx.at_top_level() and \
+                getattr(value, "sharding", None) != self._sharding:
+            value = jax.device_put(value, self._sharding)  # it stays split as it was
         super()._write(value)
 
     # --- updates --------------------------------------------------------------------------------

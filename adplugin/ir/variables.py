@@ -29,6 +29,7 @@ def read_node(graph: Graph, v: Any) -> Tensor:
             if hit is None:
                 hit = reads[v] = graph._add(VARIABLE, (), {}, ShapeDtype(v.shape, v.dtype),
                                             name=v.name, value=v)
+                hit.node.sharding = getattr(v, "sharding", None)  # propagation starts here
     return hit
 
 

@@ -119,3 +119,13 @@ def spec_text(shape: Sequence[int], spec: Spec) -> str:
         names = axis_names(e)
         dims.append(f"{d}@{'+'.join(names)}" if names else str(d))
     return ",".join(dims)
+
+
+def constrain(value: Any, sharding: NamedSharding) -> Any:
+    """A traced value constrained to `sharding` (`reshard` where the mesh's axes are
+    explicit, so shardings are part of the types; `with_sharding_constraint` otherwise)."""
+    explicit = {str(a) for a, t in zip(sharding.mesh.axis_names, sharding.mesh.axis_types)
+                if "Explicit" in str(t)}
+    if explicit & {a for e in sharding.spec for a in axis_names(e)}:
+        return jax.sharding.reshard(value, sharding)
+    return jax.lax.with_sharding_constraint(value, sharding)
