@@ -155,3 +155,8 @@ from adplugin.primitives.annotation import shard  # noqa: E402
 from adplugin.sharding.mesh import MeshError, current_mesh, mesh  # noqa: E402
 
 __all__ += ["MeshError", "current_mesh", "mesh", "shard"]
+
+# The sharding planner: the inputs' shardings that make a step cheapest.
+from adplugin.sharding.planner import ShardingPlan, plan_sharding  # noqa: E402
+
+__all__ += ["ShardingPlan", "plan_sharding"]

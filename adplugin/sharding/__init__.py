@@ -42,3 +42,7 @@ __all__ = [
     "Decision", "MeshError", "Propagation", "ShardingConflictError", "current_mesh", "mesh",
     "predict_collectives", "propagate",
 ]
+
+from adplugin.sharding.planner import ShardingPlan, plan_sharding  # noqa: E402
+
+__all__ += ["ShardingPlan", "plan_sharding"]

@@ -91,14 +91,18 @@ class Propagation:
         return "\n".join(lines)
 
 
-def propagate(graph: Graph, outputs: Sequence[Tensor] | None = None, strict: bool = False
-              ) -> Propagation:
-    """The specs of every node `outputs` need (all nodes when None)."""
-    nodes = needed_nodes(graph, outputs)
+def propagate(graph: Graph, outputs: Sequence[Tensor] | None = None, strict: bool = False,
+              inputs: dict[int, Spec] | None = None, mesh: Mesh | None = None,
+              nodes: Sequence[Node] | None = None) -> Propagation:
+    """The specs of every node `outputs` need (all nodes when None). `inputs` (node id ->
+    spec, on `mesh`) replaces the annotations of those nodes: what a planner tries."""
+    nodes = needed_nodes(graph, outputs) if nodes is None else nodes
     decisions: dict[int, Decision] = {}
-    mesh = None
     for node in nodes:
-        d = _decide(node, decisions)
+        if inputs is not None and node.id in inputs:
+            d = Decision(inputs[node.id], "the plan")
+        else:
+            d = _decide(node, decisions)
         if d.conflict is not None and strict:
             raise ShardingConflictError(d.conflict)
         decisions[node.id] = d
