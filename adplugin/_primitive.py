@@ -216,6 +216,13 @@ def merge_specs(name: str, specs: Sequence[Spec]) -> Spec:
                     f"dimension {i} sharded over {out[i]} and {s}", "one sharding per dimension",
                     "reshard one operand (jax.sharding.reshard) before the op"))
             out[i] = s
+    used = [a for entry in out for a in ((entry,) if isinstance(entry, str) else entry or ())]
+    if len(used) != len(set(used)):
+        raise ShardingRuleError(message(
+            name, "one mesh axis would shard two dimensions of the result",
+            f"operand specs {', '.join(str(tuple(s)) for s in specs)}",
+            "each mesh axis on one dimension", "reshard one operand (ap.shard, or "
+            "jax.sharding.reshard) so the operands split the same dimension"))
     return tuple(out)
 
 

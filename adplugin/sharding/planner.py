@@ -49,6 +49,7 @@ class Cost:
     flops: float
     memory_bytes: int
     score: float
+    conflicts: int = 0  # nodes whose rule refused their operands' specs (XLA reshards)
 
 
 @dataclass
@@ -185,6 +186,8 @@ def plan_sharding(graph_or_fn: Any, mesh: Mesh, *, outputs: Sequence[Tensor] | N
             lowest_memory = min(lowest_memory or cost.memory_bytes, cost.memory_bytes)
             if memory_budget is not None and cost.memory_bytes > memory_budget:
                 continue
+            if prop.conflicts and any(n.id not in pinned for n in inputs):
+                continue  # XLA would reshard there: collectives the model cannot predict
             if best is None or cost.score < best[0].score:
                 best = (cost, prop, predicted, tuple(assignment))
     else:
@@ -203,7 +206,8 @@ def plan_sharding(graph_or_fn: Any, mesh: Mesh, *, outputs: Sequence[Tensor] | N
 def _descend(choices: list[list[Spec]], cost_of: Any, memory_budget: int | None, mesh: Mesh
              ) -> tuple[Any, int, int | None]:
     def fits(cost: Cost) -> bool:
-        return memory_budget is None or cost.memory_bytes <= memory_budget
+        return (memory_budget is None or cost.memory_bytes <= memory_budget) and \
+            cost.conflicts == 0
 
     first_axis = mesh.axis_names[0]
     starts = [[c[0] for c in choices],  # replicated (the first candidate)
@@ -306,7 +310,7 @@ def _cost(prop: Propagation, predicted: list[PredictedCollective], sizes: dict[s
             memory += per_device_bytes(out, prop.spec(out), sizes)
             if node.kind == "op":
                 flops += _flops(prop, node, sizes)
-    return Cost(comm, flops, memory, comm + flops / flops_per_byte)
+    return Cost(comm, flops, memory, comm + flops / flops_per_byte, len(prop.conflicts))
 
 
 def _flops(prop: Propagation, node: Node, sizes: dict[str, int]) -> float:
