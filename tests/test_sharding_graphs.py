@@ -14,6 +14,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import adplugin as ap
+from adplugin.ir.svg import to_svg
 from adplugin.sharding.propagate import ShardingConflictError
 
 rng = np.random.default_rng(0)
@@ -123,10 +124,13 @@ def test_the_graph_text_shows_propagated_shardings() -> None:
     assert g.sharding(outs).type_text(h) == "f32[64@data,8@model]"
     dot = g.to_dot(outs)
     assert 'color="#1f77b4"' in dot and "64@data" in dot
+    svg = to_svg(g, outs)
+    assert "f32[64@data,16]" in svg and 'stroke="#1f77b4"' in svg
     plain = ap.Graph()
     with plain:
         y = ap.sin(plain.placeholder((3,)))
     assert "@" not in plain.to_text([y])  # unsharded graphs print as before
+    assert "#1f77b4" not in to_svg(plain, [y])
 
 
 def test_explain_sharding_names_the_chain() -> None:

@@ -6,16 +6,19 @@ nodes within a layer are ordered by the mean position of their inputs (the baryc
 a few sweeps down and up), and edges are drawn as curves from a node's bottom to its user's top.
 Colours follow `to_dot`: placeholders yellow, forward ops blue, derivative ops red, constants grey.
 An optional `group` callback (a node's device, for example) draws one labelled band per group.
+In a sharded graph, types show each node's propagated sharding (`f32[64@data,16]`, as `to_text`
+prints them) and the edges of sharded values are drawn thick and blue.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from html import escape
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from adplugin.ir.graph import CONSTANT, DERIVATIVE, PLACEHOLDER, Node, Tensor, needed_nodes
 from adplugin.ir.printing import _constant_text as constant_text
+from adplugin.ir.printing import _sharding, _type
 
 if TYPE_CHECKING:
     from adplugin.ir.graph import Graph
@@ -31,12 +34,13 @@ def _kind(n: Node) -> str:
     return n.op if n.op in (PLACEHOLDER, CONSTANT) else n.role
 
 
-def _label(n: Node) -> tuple[str, str]:
+def _label(n: Node, sharding: Any = None) -> tuple[str, str]:
+    type_text = _type(sharding, n.output)
     if n.op == PLACEHOLDER:
-        return n.output.name, n.output.type_str
+        return n.output.name, type_text
     if n.op == CONSTANT:
-        return constant_text(n.value), n.output.type_str
-    return n.op_name, f"{n.output.name}: {n.output.type_str}"
+        return constant_text(n.value), type_text
+    return n.op_name, f"{n.output.name}: {type_text}"
 
 
 def _layers(nodes: Sequence[Node]) -> list[list[Node]]:
@@ -77,9 +81,10 @@ def to_svg(graph: Graph, outputs: Sequence[Tensor] | None = None,
            group: Callable[[Node], str | None] | None = None) -> str:
     """The graph (the nodes `outputs` need) as an SVG document."""
     nodes = needed_nodes(graph, outputs)
+    sharding = _sharding(graph, nodes)
     layers = _layers(nodes)
     _order(layers)
-    width = {n.id: max(len(s) for s in _label(n)) * _CHAR_W + 16 for n in nodes}
+    width = {n.id: max(len(s) for s in _label(n, sharding)) * _CHAR_W + 16 for n in nodes}
     row_w = [sum(width[n.id] for n in layer) + _GAP_X * (len(layer) - 1) for layer in layers]
     total_w = max(row_w, default=0) + 2 * _PAD
     pos: dict[int, tuple[float, float]] = {}  # centre of each box
@@ -99,32 +104,35 @@ def to_svg(graph: Graph, outputs: Sequence[Tensor] | None = None,
         parts += _group_boxes(nodes, pos, width, group)
     for n in nodes:
         for i in n.inputs:
-            parts.append(_edge(pos[i.node.id], pos[n.id]))
+            split = sharding is not None and sharding.decisions[i.node.id].sharded
+            parts.append(_edge(pos[i.node.id], pos[n.id], sharded=split))
     for t in outputs or ():
         x, _ = pos[t.node.id]
         parts.append(_edge(pos[t.node.id], (x, out_y + _BOX_H / 2), dashed=True))
         parts.append(f'<text x="{x:.1f}" y="{out_y + _BOX_H / 2 + 14:.1f}" '
                      f'text-anchor="middle">{escape(t.name)}</text>')
     for n in nodes:
-        parts.append(_box(n, pos[n.id], width[n.id]))
+        parts.append(_box(n, pos[n.id], width[n.id], sharding))
     parts.append("</svg>")
     return "\n".join(parts)
 
 
-def _edge(a: tuple[float, float], b: tuple[float, float], dashed: bool = False) -> str:
+def _edge(a: tuple[float, float], b: tuple[float, float], dashed: bool = False,
+          sharded: bool = False) -> str:
     (x0, y0), (x1, y1) = a, b
     y0, y1 = y0 + _BOX_H / 2, y1 - _BOX_H / 2
     mid = (y0 + y1) / 2
     dash = ' stroke-dasharray="4,3"' if dashed else ""
+    stroke = 'stroke="#1f77b4" stroke-width="2.5"' if sharded else 'stroke="#555"'
     return (f'<path d="M{x0:.1f},{y0:.1f} C{x0:.1f},{mid:.1f} {x1:.1f},{mid:.1f} {x1:.1f},'
-            f'{y1:.1f}" fill="none" stroke="#555"{dash} marker-end="url(#arrow)"/>')
+            f'{y1:.1f}" fill="none" {stroke}{dash} marker-end="url(#arrow)"/>')
 
 
-def _box(n: Node, centre: tuple[float, float], w: float) -> str:
+def _box(n: Node, centre: tuple[float, float], w: float, sharding: Any = None) -> str:
     x, y = centre
     kind = _kind(n)
     rx = 17 if n.op == PLACEHOLDER else 6
-    top, bottom = _label(n)
+    top, bottom = _label(n, sharding)
     return (f'<g><rect x="{x - w / 2:.1f}" y="{y - _BOX_H / 2:.1f}" width="{w:.1f}" '
             f'height="{_BOX_H:.0f}" rx="{rx}" fill="{_FILL[kind]}" stroke="{_STROKE[kind]}"/>'
             f'<text x="{x:.1f}" y="{y - 3:.1f}" text-anchor="middle" font-weight="bold">'
