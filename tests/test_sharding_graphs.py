@@ -240,3 +240,14 @@ def on_mesh(feed: dict[Any, Any]) -> list[Any]:
     export for 8 devices is called with arguments on 8 devices)."""
     return [jax.device_put(v, NamedSharding(AUTO, P("data") if i == 0 else P()))
             for i, v in enumerate(feed.values())]
+
+
+def test_an_axis_of_one_device_predicts_no_collective() -> None:
+    one = jax.make_mesh((1,), ("data",), axis_types=(AxisType.Auto,))
+    g = ap.Graph()
+    with ap.mesh(one), g:
+        x = ap.placeholder((8, 4), sharding=P("data"), name="x")
+        s = ap.sum(x)
+    assert g.predicted_collectives([s]) == []
+    measured = ap.collectives(g.lower([s], {x: normal(8, 4)}).compile())
+    assert ap.compare_collectives([], measured).ok and not measured.rows

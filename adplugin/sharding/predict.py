@@ -19,6 +19,7 @@ inserts beyond this list shows up as "unexpected" when compared (`compare_collec
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,7 +47,9 @@ def predict_collectives(prop: Propagation) -> list[PredictedCollective]:
             rows += _reduction(prop, node, sizes)
         elif name == "shard":
             rows += _reshard(prop, node, sizes)
-    return rows
+    # an axis of one device moves nothing: XLA makes no collective over it
+    rows = [replace(r, axes=tuple(a for a in r.axes if sizes[a] > 1)) for r in rows]
+    return [r for r in rows if r.axes]
 
 
 def per_device_bytes(t: Tensor, spec: Spec, sizes: dict[str, int]) -> int:
