@@ -44,11 +44,6 @@ CI_SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, databa
                        suppress_health_check=list(HealthCheck))
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "OPEN BUG found by this fuzzer (issue 8): within one process, after earlier drawn programs, "
-    "a GradientTape gradient of sum(k0 @ x1) (k0 a NumPy constant, x1 a watched jax.Array) "
-    "came out 0.0 where jax.grad gives -0.266; the same program replayed in a fresh process "
-    "agrees, so some tape cache is reused across programs it should not be. Not yet fixed."))
 @CI_SETTINGS
 @given(program=programs(MIN_STEPS, MAX_STEPS))
 def test_drawn_programs_agree_with_jax_in_every_engine(program: Program) -> None:

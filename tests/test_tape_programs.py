@@ -162,6 +162,26 @@ def test_programs_are_keyed_by_constant_values_not_identities() -> None:
             p.wait_compiled()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_one_structure_with_other_arrays_each_step_stays_right(dtype: str) -> None:
+    # sum(k @ x): a NumPy constant k (a leaf, fed) and a watched array x, new values every
+    # step. The structure repeats, so steps run interpreted, then compiled in the background,
+    # then compiled: each must differentiate at its own values (jax.grad: k's column sums).
+    rng = np.random.default_rng(7)
+    with jax.enable_x64(dtype == "float64"):
+        for _ in range(12):
+            k = rng.standard_normal((3, 3)).astype(dtype)
+            x = jnp.asarray(rng.standard_normal((3, 4)).astype(dtype))
+            with ap.GradientTape() as tape:
+                tape.watch(x)
+                y = ap.sum(ap.matmul(k, x))
+            got = tape.gradient(y, x)
+            assert got.dtype == np.dtype(dtype)
+            close(got, np.broadcast_to(k.sum(0)[:, None], (3, 4)))  # = jax.grad of sum(k @ x)
+            for p in program_module._PROGRAMS.values():
+                p.wait_compiled()
+
+
 def test_eager_constants_have_operators_and_are_recorded_when_watched() -> None:
     x = ap.constant(3.0)
     assert isinstance(x, EagerTensor)
