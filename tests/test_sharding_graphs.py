@@ -251,3 +251,17 @@ def test_an_axis_of_one_device_predicts_no_collective() -> None:
     assert g.predicted_collectives([s]) == []
     measured = ap.collectives(g.lower([s], {x: normal(8, 4)}).compile())
     assert ap.compare_collectives([], measured).ok and not measured.rows
+
+
+def test_a_contraction_split_on_one_side_gathers_that_operand() -> None:
+    g = ap.Graph()
+    with ap.mesh(AUTO), g:
+        x = ap.placeholder((64, 16), sharding=P("data"), name="x")  # rows split, replicated k
+        w = ap.placeholder((16, 32), sharding=P("model"), name="w")  # contracted dim split
+        y = ap.sin(ap.matmul(x, w))
+    feed = {x: normal(64, 16), w: normal(16, 32)}
+    predicted, _, check = check_predictions(g, [y], feed)
+    assert [(p.kind, p.axes, p.nbytes) for p in predicted] == [
+        ("all-gather", ("model",), 16 * 32 * 4)]  # w gathered whole on every device
+    assert check.ok, check.table()
+    np.testing.assert_allclose(g.run(y, feed), jnp.sin(feed[x] @ feed[w]), rtol=1e-4, atol=1e-6)

@@ -19,8 +19,8 @@ inserts beyond this list shows up as "unexpected" when compared (`compare_collec
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from adplugin.ir.graph import Node, Tensor
@@ -72,10 +72,9 @@ def _contraction(prop: Propagation, node: Node, sizes: dict[str, int]
     for i, j in zip(xc, yc):
         ax, ay = set(axis_names(xs[i])), set(axis_names(ys[j]))
         reduced += sorted(ax & ay)
-        for t, spec, only in ((x, xs, ax - ay), (y, ys, ay - ax)):
+        for t, spec, dim, only in ((x, xs, i, ax - ay), (y, ys, j, ay - ax)):
             if only:  # gathered along the contracted dimension before the product
-                gathered = tuple(None if k in (i, j) and set(axis_names(e)) & only else e
-                                 for k, e in enumerate(spec))
+                gathered = tuple(None if k == dim else e for k, e in enumerate(spec))
                 rows.append(_row("all-gather", sorted(only),
                                  per_device_bytes(t, gathered, sizes), node))
     if reduced:
