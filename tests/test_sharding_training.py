@@ -98,3 +98,24 @@ def test_a_variable_takes_a_device_or_a_sharding_not_both() -> None:
         ap.Variable(np.zeros(8, np.float32), device="cpu:0", sharding=P("data"))
     with pytest.raises(ap.MeshError, match="needs a device mesh"):
         ap.Variable(np.zeros(8, np.float32), sharding=P("data"))
+
+
+@pytest.mark.parametrize("mesh", sorted(MESHES))
+def test_gradients_are_sharded_like_their_sources(mesh: str) -> None:
+    with ap.mesh(MESHES[mesh]):
+        w = ap.Variable(W0, sharding=COLUMNS, name="w")
+        x = jax.device_put(X, NamedSharding(MESHES[mesh], P("data")))
+        for _ in range(3):  # interpreted, then compiled: the same sharding
+            with ap.GradientTape() as tape:
+                loss = ap.sum(ap.square(ap.tanh(ap.matmul(x, w))))
+            grad = tape.gradient(loss, w)
+            assert tuple(grad.sharding.spec) == tuple(COLUMNS)
+        g = ap.Graph()
+        with g:
+            xp = ap.placeholder((64, 16), sharding=P("data"), name="x")
+            (gx,) = ap.gradients(ap.sum(ap.square(ap.matmul(xp, W0))), [xp])
+    assert gx.node.op_name == "shard"  # the cotangent takes its input's sharding
+    assert g.sharding([gx]).type_text(gx) == "f32[64@data,16]"
+    assert tuple(g.run(gx, {xp: X}).sharding.spec) == ("data", None)
+    ref = jax.grad(lambda v: jax.numpy.sum(jax.numpy.square(jax.numpy.tanh(X @ v))))(W0)
+    np.testing.assert_allclose(grad, ref, rtol=1e-4, atol=1e-5)

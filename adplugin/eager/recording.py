@@ -97,7 +97,7 @@ class Recording:
     def _entry(self, node: Any) -> Any:
         out = node.output
         if node.op == PLACEHOLDER:
-            return ("leaf", out.shape, out.dtype.str, out.weak_type)
+            return ("leaf", out.shape, out.dtype.str, out.weak_type, node.sharding)
         if node.op == CONSTANT:
             return structure.constant_entry(node.value, out.weak_type)
         params: Any = ()
@@ -111,8 +111,9 @@ class Recording:
 
     # --- leaves ---------------------------------------------------------------------------------
 
-    def _new_leaf(self, value: Any, name: str) -> Tensor:
+    def _new_leaf(self, value: Any, name: str, sharding: Any = None) -> Tensor:
         t = self.graph.placeholder(np.shape(value), value.dtype, name=name)
+        t.node.sharding = sharding  # a sharded variable's: its gradient is sharded alike
         if name == "arg":
             self.where[t.node.id] = user_site()
         self.leaves.append(t)
@@ -148,7 +149,7 @@ class Recording:
         if hit is not None and hit[1] == v._version:
             t = hit[2]
         else:
-            t = self._new_leaf(v.value, v.name)
+            t = self._new_leaf(v.value, v.name, v.sharding)
             self._leaf_of[id(v)] = (v, v._version, t)
             self.variable_leaves.setdefault(v, []).append(t)
         for tape in self.active_tapes:

@@ -327,8 +327,18 @@ def gradients(ys: Any, xs: Any, grad_ys: Any = None,
             g = cts.get(x.node.id)
             if g is None and mode == "zero":
                 g = filled_like(x, 0)
+            if g is not None and x.node.sharding is not None:
+                g = _sharded_like(g, x.node.sharding)
             results.append(g)
     return results
+
+
+def _sharded_like(g: Tensor, sharding: Any) -> Tensor:
+    """The gradient of a sharded input (a placeholder or variable given a sharding) takes the
+    input's sharding: a sharding constraint, so the partitioner returns it split the same."""
+    from adplugin.primitives.annotation import shard_p
+
+    return shard_p.bind(g, sharding=sharding)  # type: ignore[no-any-return]
 
 
 def _without_paths(ys: list[Any], xs: list[Any], grad_ys: Any, mode: str
