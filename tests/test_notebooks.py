@@ -187,6 +187,37 @@ def test_placement(run):
         overhead["median_us"]["four_subprograms"] - overhead["median_us"]["unplaced"])
 
 
+def test_sharding(run):
+    nb, result, out = run("nb_sharding")
+    check_common("nb_sharding", nb, result, out, figures=1)
+    settings, check, models = result["settings"], result["check"], result["models"]
+    assert set(models) == {"batch_heavy_mlp", "weight_heavy_mlp", "movielens_cf"}
+    assert settings["mesh"] == {"d": 8}
+    strategies = ["replicated", "data_parallel", "fsdp", "planner"]
+    for name, model in models.items():
+        rows = model["strategies"]
+        assert list(rows) == strategies
+        assert all(d <= check["rtol"] for d in check["max_rel_diff"][name].values())
+        assert rows["replicated"]["hlo_collective_bytes"] == 0
+        assert not rows["replicated"]["fits_budget"]  # the budget is half of replication's
+        for r in rows.values():
+            assert len(r["runs_s"]) == settings["repeats"] and r["step_time_s"] > 0
+            assert r["peak_memory_bytes"] > 0 and r["model_memory_bytes"] > 0
+            assert r["fits_budget"] == (r["model_memory_bytes"] <= model["budget_bytes"])
+        planner = rows["planner"]
+        assert planner["fits_budget"] and planner["predicted_ok"]
+        assert planner["predicted_bytes"] == planner["hlo_collective_bytes"]
+        assert all(planner["hlo_collective_bytes"] <= r["hlo_collective_bytes"]
+                   for k, r in rows.items() if k != "planner" and r["fits_budget"])
+        assert model["planner_le_fitting_baselines"] is True
+    megatron = models["weight_heavy_mlp"]["strategies"]["planner"]["inputs"]
+    assert megatron["w0"] == [None, "d"] and megatron["w1"] == ["d", None]
+    assert result["megatron"]["inputs"] == megatron
+    batch, width, _ = settings["mlp_sizes"]["weight_heavy_mlp"]
+    assert models["weight_heavy_mlp"]["strategies"]["planner"]["hlo_collective_bytes"] == \
+        batch * width * 4  # one all-reduce of the second matmul's output
+
+
 def test_a_notebook_that_errors_fails(kernels, tmp_path):
     nb = insert_after(read_notebook("nb_eager_dispatch"), "SMALL, pick",
                       "raise RuntimeError('planted error')")

@@ -22,20 +22,17 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from adplugin._errors import message
-from adplugin.ir.graph import PLACEHOLDER, Node, Tensor, needed_nodes
+from adplugin.ir.graph import PLACEHOLDER, Graph, Node, Tensor, needed_nodes
 from adplugin.ir.variables import VARIABLE
 from adplugin.sharding.compare import CollectiveCheck, PredictedCollective
 from adplugin.sharding.mesh import MeshError, Spec, axis_names, normalized_spec, spec_text
 from adplugin.sharding.predict import per_device_bytes, predict_collectives
 from adplugin.sharding.propagate import Propagation, propagate
-
-if TYPE_CHECKING:
-    from adplugin.ir.graph import Graph
 
 EXHAUSTIVE_LIMIT = 4096
 FLOPS_PER_BYTE = 100.0
@@ -154,7 +151,7 @@ def plan_sharding(graph_or_fn: Any, mesh: Mesh, *, outputs: Sequence[Tensor] | N
                   example_args: Sequence[Any] = ()) -> ShardingPlan:
     """Choose the inputs' shardings on `mesh` for the cheapest step (see the module).
 
-    `graph_or_fn`: a `Graph` with its `outputs` (a training step's loss and gradients), or a
+    `graph_or_fn`: an `ap.Graph` with its `outputs` (a training step's loss and gradients), or a
     function of arrays traced with `ap.trace` at `example_args` (its outputs then). `fixed`
     maps inputs (placeholders or variables) to the `PartitionSpec` they must keep. Returns a
     `ShardingPlan`: `.table()`, `.apply()`, `.measure(feed_dict)`.
@@ -276,8 +273,6 @@ def _fixed(fixed: dict[Any, Any], inputs: list[Node], mesh: Mesh) -> dict[int, S
 
 def _graph_and_outputs(graph_or_fn: Any, outputs: Sequence[Tensor] | None,
                        example_args: Sequence[Any]) -> tuple[Graph, list[Tensor]]:
-    from adplugin.ir.graph import Graph
-
     if isinstance(graph_or_fn, Graph):
         if not outputs:
             raise MeshError(message("plan_sharding", "a graph needs the outputs to plan for",

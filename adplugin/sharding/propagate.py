@@ -14,16 +14,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from jax.sharding import Mesh
 
 from adplugin._errors import ShardingRuleError, message
-from adplugin.ir.graph import CONSTANT, PLACEHOLDER, GraphError, Node, Tensor, needed_nodes
+from adplugin.ir.graph import (
+    CONSTANT,
+    PLACEHOLDER,
+    Graph,
+    GraphError,
+    Node,
+    Tensor,
+    needed_nodes,
+)
 from adplugin.sharding.mesh import Spec, axis_names, spec_of, spec_text
-
-if TYPE_CHECKING:
-    from jax.sharding import Mesh
-
-    from adplugin.ir.graph import Graph
 
 
 class ShardingConflictError(GraphError):
