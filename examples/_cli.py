@@ -6,6 +6,7 @@ examples only when they run as scripts (their folder is then on `sys.path`).
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -28,5 +29,13 @@ def _parse(argv: list[str]) -> list[str]:
 
 
 def run_main(main: Callable[[list[str]], Any]) -> None:
-    """`absl.app.run(main)`, with help that exits 0."""
-    app.run(main, flags_parser=_parse)
+    """`absl.app.run(main)`, with help that exits 0, and JAX's informational log lines
+    (absl shows INFO by default: "Unable to initialize backend 'tpu'" on every CPU run)
+    left out unless `--verbosity` asks for them."""
+
+    def quiet_main(argv: list[str]) -> Any:
+        if not flags.FLAGS["verbosity"].present:
+            logging.getLogger("jax").setLevel(logging.WARNING)
+        return main(argv)
+
+    app.run(quiet_main, flags_parser=_parse)

@@ -26,3 +26,14 @@ def test_a_bad_flag_still_fails():
                            "--no_such_flag=1"], capture_output=True, text=True, timeout=120,
                           cwd=ROOT)
     assert proc.returncode != 0 and "no_such_flag" in proc.stderr
+
+
+def test_no_backend_log_lines_unless_asked():
+    """absl shows INFO logs by default; JAX's "Unable to initialize backend 'tpu'" on every CPU
+    run is left out, and `--verbosity 0` brings JAX's log lines back."""
+    script = [sys.executable, str(EXAMPLES / "gradient_descent.py"), "--steps", "2"]
+    quiet = subprocess.run(script, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert quiet.returncode == 0 and "xla_bridge" not in quiet.stderr, quiet.stderr[-2000:]
+    loud = subprocess.run([*script, "--verbosity", "0"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert loud.returncode == 0 and "xla_bridge" in loud.stderr
