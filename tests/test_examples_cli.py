@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -32,8 +33,10 @@ def test_no_backend_log_lines_unless_asked():
     """absl shows INFO logs by default; JAX's "Unable to initialize backend 'tpu'" on every CPU
     run is left out, and `--verbosity 0` brings JAX's log lines back."""
     script = [sys.executable, str(EXAMPLES / "gradient_descent.py"), "--steps", "2"]
-    quiet = subprocess.run(script, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # JAX probes backends
+    quiet = subprocess.run(script, capture_output=True, text=True, timeout=120, cwd=ROOT,
+                           env=env)
     assert quiet.returncode == 0 and "xla_bridge" not in quiet.stderr, quiet.stderr[-2000:]
     loud = subprocess.run([*script, "--verbosity", "0"], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+                          timeout=120, cwd=ROOT, env=env)
     assert loud.returncode == 0 and "xla_bridge" in loud.stderr
