@@ -77,6 +77,7 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 import adplugin as ap  # noqa: E402
 
@@ -172,7 +173,8 @@ def train(data: dict[str, np.ndarray], params: dict[str, np.ndarray], steps: int
             opt.apply_gradients(zip(tape.gradient(cost, variables), variables))
             return cost
 
-        losses = [float(step(Y, R)) for _ in range(steps)]
+        label = "sharded" if sharded else "one device"
+        losses = [float(step(Y, R)) for _ in tqdm(range(steps), desc=label, leave=False)]
         final = float(movielens.cofi_cost(X.value, W.value, b.value, Y, R, lambda_))
         return {"losses": losses, "final_loss": final, "X": X.numpy(), "W": W.numpy(),
                 "b": b.numpy(), "shardings": {v.name: v.value.sharding for v in variables},

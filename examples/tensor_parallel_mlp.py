@@ -50,6 +50,7 @@ import jax  # noqa: E402  (after XLA_FLAGS)
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 from jax.sharding import AxisType  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 import adplugin as ap  # noqa: E402
 
@@ -111,9 +112,9 @@ def batches(data: dict[str, np.ndarray], batch: int, steps: int) -> list[dict[st
     return out
 
 
-def train(m: dict[str, Any], feeds: list[dict[str, Any]]) -> list[float]:
+def train(m: dict[str, Any], feeds: list[dict[str, Any]], label: str) -> list[float]:
     losses = []
-    for f in feeds:
+    for f in tqdm(feeds, desc=f"SGD {label}", leave=False):
         fed = {m["Y"]: f["Y"], m["R"]: f["R"]}
         losses.append(float(m["graph"].run(m["loss"], fed)))
         m["graph"].run(m["train"], fed)
@@ -146,9 +147,9 @@ def tour(data: dict[str, np.ndarray], hidden: int, batch: int, steps: int,
          f" (Megatron: columns then rows: {megatron})")
 
     emit(f"\n== {steps} SGD steps, sharded and on one device ==")
-    losses = train(m, feeds)
+    losses = train(m, feeds, "sharded")
     single = build(users, hidden, batch, learning_rate, seed)
-    want = train(single, feeds)
+    want = train(single, feeds, "one device")
     rel = max(abs(a - b) / abs(b) for a, b in zip(losses, want))
     for k in range(0, steps, max(1, steps // 6)):
         emit(f"step {k:4d}: loss {losses[k]:.5f} (one device {want[k]:.5f})")
