@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 def _param_text(value: Any) -> str:
     if isinstance(value, np.dtype):
         return value.name
+    spec = getattr(value, "spec", None)  # a NamedSharding: its spec (the mesh is the graph's)
+    if spec is not None and hasattr(value, "mesh"):
+        return str(spec).replace(" ", "")
     return str(value).replace(" ", "")
 
 
