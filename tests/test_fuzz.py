@@ -192,6 +192,24 @@ def test_found_forward_gradients_on_deferred_placeholders() -> None:
 # The comparison
 # ----------------------------------------------------------------------------------------------
 
+def test_where_jnp_jit_drops_a_nan_the_eager_reference_counts_too() -> None:
+    # min over [x, NaN, NaN, x] (take with mode="fill" past the end): jax.grad gives NaN
+    # eagerly and 0.0 under jit (XLA simplifies inf * 0 where the factor is known 0); adplugin
+    # agrees with each in the same mode, so the eager NaN passes against the jitted 0.0
+    fill = Program(
+        "float32", 201, (("x1", ()),), (),
+        (Step("v1", "take", ("x1",), (("axis", "None"), ("index",
+                                                        "np.array([-1, 1, -2, -1], 'int32')"),
+                                      ("mode", "'fill'"))),
+         Step("v2", "min", ("v1",), (("axis", "(0,)"), ("keepdims", "True")))), ("v2",))
+    assert check_program(fill, only={"jax.grad", "graph.grad"}) == []
+    # a take that clips instead of filling gives a finite value where jnp's is NaN (eager and
+    # jitted alike): still a disagreement
+    clipped = AP.replaced(take=lambda x, index, axis, mode: ap.take(x, index, axis=axis,
+                                                                    mode="clip"))
+    assert "jax.value" in _failing_checks(check_program(fill, clipped, only={"jax.value"}))
+
+
 def test_where_jnp_makes_nans_the_eager_reference_counts_too() -> None:
     # d std(min(x)) is 0 * inf: NaN everywhere eagerly, [0, 0, NaN] under jit (XLA simplifies
     # x - x to 0 even for NaN x); an engine agreeing with either jnp run passes
