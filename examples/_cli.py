@@ -1,4 +1,5 @@
-"""What every example script's command line shares: `--help` that exits 0.
+"""What every example script's command line shares: `--help` that exits 0, and
+`--num_devices` read before JAX starts.
 
 absl's `--help` exits with status 1; a user asking for help did nothing wrong. Imported by the
 examples only when they run as scripts (their folder is then on `sys.path`).
@@ -7,8 +8,10 @@ examples only when they run as scripts (their folder is then on `sys.path`).
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import app, flags
@@ -39,3 +42,18 @@ def run_main(main: Callable[[list[str]], Any]) -> None:
         return main(argv)
 
     app.run(quiet_main, flags_parser=_parse)
+
+
+def force_host_devices(argv: Sequence[str], default: int) -> int:
+    """Set XLA_FLAGS for `--num_devices N` (or `default`) host devices; call it before JAX
+    is imported (XLA reads the flag once, when its CPU backend starts)."""
+    n = default
+    for k, arg in enumerate(argv):
+        if arg.startswith("--num_devices="):
+            n = int(arg.split("=", 1)[1])
+        elif arg == "--num_devices" and k + 1 < len(argv):
+            n = int(argv[k + 1])
+    flags_ = re.sub(r"--xla_force_host_platform_device_count=\S+", "",
+                    os.environ.get("XLA_FLAGS", ""))
+    os.environ["XLA_FLAGS"] = f"{flags_} --xla_force_host_platform_device_count={n}".strip()
+    return n

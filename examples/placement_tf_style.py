@@ -29,31 +29,16 @@ runs on one device.
 
 from __future__ import annotations
 
-import os
-import re
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
-def force_host_devices(argv: Sequence[str], default: int = 2) -> int:
-    """Set XLA_FLAGS for `--num_devices N` (or the default) before JAX is imported."""
-    n = default
-    for k, arg in enumerate(argv):
-        if arg.startswith("--num_devices="):
-            n = int(arg.split("=", 1)[1])
-        elif arg == "--num_devices" and k + 1 < len(argv):
-            n = int(argv[k + 1])
-    flags_ = re.sub(r"--xla_force_host_platform_device_count=\S+", "",
-                    os.environ.get("XLA_FLAGS", ""))
-    os.environ["XLA_FLAGS"] = f"{flags_} --xla_force_host_platform_device_count={n}".strip()
-    return n
-
-
 if __name__ == "__main__":
-    force_host_devices(sys.argv)
+    from _cli import force_host_devices
+
+    force_host_devices(sys.argv, default=2)
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 import numpy as np  # noqa: E402
