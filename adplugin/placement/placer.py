@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from adplugin._table import columns
 from adplugin.ir.graph import Graph, Node, Tensor
 from adplugin.placement.devices import (
     DeviceSpec,
@@ -158,9 +159,7 @@ def _node_id(x: Tensor | Node | int) -> int:
 
 
 def _format_rows(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]).rstrip()
-                     for r in rows)
+    return "\n".join(columns(rows))
 
 
 def place(graph: Graph, nodes: Sequence[Node], soft: bool | None = None,

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from adplugin._errors import AdpluginError, message
+from adplugin._table import columns
 from adplugin.sharding.axes import MeshLayout
 from adplugin.sharding.hlo import (
     ArrayShape,
@@ -170,10 +171,7 @@ class Collectives(Sequence[Collective]):
                 kind = (r.kind + ("*" if r.is_async else "")) if i == 0 else "  +"
                 lines.append((kind, where if i == 0 else "", shape, str(nbytes), op_name,
                               source))
-        widths = [max(len(ln[c]) for ln in lines) for c in range(len(head))]
-        out = ["  ".join((cell.rjust(w) if c == 3 else cell.ljust(w))
-                         for c, (cell, w) in enumerate(zip(ln, widths))).rstrip()
-               for ln in lines]
+        out = columns(lines, right=(3,))
         kinds = ", ".join(f"{k} {len(v)}" for k, v in self.by_kind().items())
         out.append(f"total: {len(self)} collective{'s' * (len(self) != 1)}, "
                    f"{self.total_bytes} bytes per device" + (f" ({kinds})" if kinds else ""))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adplugin._errors import message
+from adplugin._table import columns
 from adplugin.sharding.collectives import KINDS, Collective, Collectives, CollectivesError
 
 
@@ -94,10 +95,7 @@ class CollectiveCheck:
         for r in self.unexpected:
             lines.append(("UNEXPECTED", r.kind, _axes(r.axes), "-", str(r.nbytes), "-",
                           _op_names(r)))
-        widths = [max(len(ln[c]) for ln in lines) for c in range(len(head))]
-        out = ["  ".join(cell.rjust(w) if c in (3, 4) else cell.ljust(w)
-                         for c, (cell, w) in enumerate(zip(ln, widths))).rstrip()
-               for ln in lines]
+        out = columns(lines, right=(3, 4))
         out.append(f"{'ok' if self.ok else 'NOT ok'}: {len(self.matched)} matched, "
                    f"{len(self.mismatched)} mismatched, {len(self.missing)} missing, "
                    f"{len(self.unexpected)} unexpected, {len(self.unattributed)} unattributed "

@@ -27,6 +27,7 @@ from typing import Any
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from adplugin._errors import message
+from adplugin._table import columns
 from adplugin.ir.graph import PLACEHOLDER, Graph, Node, Tensor, needed_nodes
 from adplugin.ir.variables import VARIABLE
 from adplugin.sharding.compare import CollectiveCheck, PredictedCollective
@@ -113,8 +114,7 @@ class ShardingPlan:
                              ins if k == 0 else "", out if k == 0 else "", kind,
                              "-" if pc is None else str(pc.nbytes),
                              measured.get(name, "-") if pc is not None else "-"))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+        lines = columns(rows)
         cost = self.cost
         lines.append(f"plan: {cost.comm_bytes} collective bytes, {cost.flops:.3g} flops and "
                      f"{cost.memory_bytes} bytes per device; {self.searched} assignments "
