@@ -455,7 +455,11 @@ def relative_spread(a: Any, b: Any) -> float:
 
 
 def _not_finite(x: Any) -> bool:
-    return any(not np.isfinite(np.asarray(leaf)).all() for leaf in _leaves(x))
+    """Whether a numeric result holds a NaN or an infinity (a non-numeric one: False)."""
+    try:
+        return any(not np.isfinite(np.asarray(leaf)).all() for leaf in _leaves(x))
+    except TypeError:
+        return False
 
 
 def _eager_reference(p: Program, d: Data, key: str) -> Any:
