@@ -506,8 +506,8 @@ def getitem(b: Builder) -> Built:
         if chance(b.d, 0.1):
             keys.append("None")
     keys = ["slice(None)" if k == ":" else k for k in keys]
-    if chance(b.d, 0.15):
-        keys.insert(b.d.int(0, len(keys)), "...")
+    if chance(b.d, 0.15):  # after the keys: each was drawn for the axis it indexes
+        keys.append("...")
     key = keys[0] if len(keys) == 1 else f"({', '.join(keys)}{',' if not keys else ''})"
     return [a], {"key": key}
 
