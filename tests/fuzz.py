@@ -336,12 +336,14 @@ def trace_engine(p: Program, m: Any, d: Data, wanted: Collection[str]) -> Result
 
 
 def _operator_on_arrays(p: Program) -> bool:
-    """Whether a Python operator applies to inputs and constants only: on watched jax.Arrays
-    (and NumPy constants) it is jax's, which no tape sees. Not a bug: such programs use
-    watched ap.constant(x) sources instead."""
-    raw = {n for n, _ in (*p.inputs, *p.consts)}
-    return any(not SPECS[s.op].template.startswith("m.") and set(s.args) <= raw
-               for s in p.steps)
+    """Whether a Python operator applies to inputs and constants only, or has an input as its
+    left operand: on a watched jax.Array it is jax's operator, which no tape sees (and which
+    refuses a recorded right operand with a clear error). Not a bug: such programs use watched
+    ap.constant(x) sources instead."""
+    inputs = {n for n, _ in p.inputs}
+    raw = inputs | {n for n, _ in p.consts}
+    return any(not SPECS[s.op].template.startswith("m.") and
+               (set(s.args) <= raw or s.args[0] in inputs) for s in p.steps)
 
 
 def _tape_mode(p: Program) -> str:
