@@ -20,6 +20,7 @@ import jax
 
 from adplugin import _jax_adapter as jx
 from adplugin._lru import LRU
+from adplugin._params import params_key
 from adplugin.ir.graph import Graph, Node, Tensor, needed_nodes
 from adplugin.lowering.run import evaluate, simplified_program
 from adplugin.placement.execution import PlacedProgram, placement_wanted
@@ -145,8 +146,7 @@ class Program:
 def _signature(node: Node) -> Any:
     """What selects a primitive's eager executable: the primitive, params and operand types."""
     try:
-        params = tuple(node.params.items())
-        hash(params)
+        params = params_key(node.params)
     except TypeError:
         params = id(node)  # type: ignore[assignment]
     return (node.op, params, tuple((i.shape, i.dtype) for i in node.inputs))

@@ -25,7 +25,7 @@ from adplugin import _context
 from adplugin import _jax_adapter as jx
 from adplugin._errors import DerivativeError, message
 from adplugin._operator_types import ConcreteValueMethods, OperatorMethods
-from adplugin._params import params_key
+from adplugin._params import array_key, params_key
 from adplugin._primitive import (
     ZERO_DERIVATIVE,
     Primitive,
@@ -99,7 +99,7 @@ class Recording:
         if node.op == PLACEHOLDER:
             return ("leaf", out.shape, out.dtype.str, out.weak_type, node.sharding)
         if node.op == CONSTANT:
-            return structure.constant_entry(node.value, out.weak_type)
+            return array_key(node.value, out.weak_type)
         params: Any = ()
         if node.params:
             try:

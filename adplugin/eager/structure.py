@@ -15,10 +15,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import numpy as np
-
-from adplugin._params import array_key
-
 
 class Prefix:
     """One interned structure sequence (a trie node)."""
@@ -54,11 +50,6 @@ _TRIE: dict[tuple[Prefix, Any], Prefix] = {}
 _MAX_PREFIXES = 1_000_000
 _lock = threading.Lock()
 ROOT = Prefix(None)
-
-
-def constant_entry(value: np.ndarray, weak: bool) -> Any:
-    """The structure entry of a constant: its type and its exact value."""
-    return array_key(value, weak)
 
 
 class Unkeyable:

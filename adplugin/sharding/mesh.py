@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from adplugin import _context
 from adplugin._errors import AdpluginError, message
@@ -124,8 +124,8 @@ def spec_text(shape: Sequence[int], spec: Spec) -> str:
 def constrain(value: Any, sharding: NamedSharding) -> Any:
     """A traced value constrained to `sharding` (`reshard` where the mesh's axes are
     explicit, so shardings are part of the types; `with_sharding_constraint` otherwise)."""
-    explicit = {str(a) for a, t in zip(sharding.mesh.axis_names, sharding.mesh.axis_types)
-                if "Explicit" in str(t)}
+    explicit = {a for a, t in zip(sharding.mesh.axis_names, sharding.mesh.axis_types)
+                if t == AxisType.Explicit}
     if explicit & {a for e in sharding.spec for a in axis_names(e)}:
         return jax.sharding.reshard(value, sharding)
     return jax.lax.with_sharding_constraint(value, sharding)

@@ -175,9 +175,8 @@ def plan_sharding(graph_or_fn: Any, mesh: Mesh, *, outputs: Sequence[Tensor] | N
     exhaustive = total <= EXHAUSTIVE_LIMIT
     searched = 0
     lowest_memory = None
-    assignments: Any = itertools.product(*choices) if exhaustive else None
     if exhaustive:
-        for assignment in assignments:
+        for assignment in itertools.product(*choices):
             searched += 1
             cost, prop, predicted = cost_of(assignment)
             lowest_memory = min(lowest_memory or cost.memory_bytes, cost.memory_bytes)
