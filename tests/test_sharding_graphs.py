@@ -265,3 +265,30 @@ def test_a_contraction_split_on_one_side_gathers_that_operand() -> None:
         ("all-gather", ("model",), 16 * 32 * 4)]  # w gathered whole on every device
     assert check.ok, check.table()
     np.testing.assert_allclose(g.run(y, feed), jnp.sin(feed[x] @ feed[w]), rtol=1e-4, atol=1e-6)
+
+
+def test_the_mesh_scope_is_per_thread_and_shard_is_recorded_by_tapes() -> None:
+    import threading
+
+    seen: dict[str, Any] = {}
+    inside, leave = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with ap.mesh(AUTO):
+            seen["holder"] = ap.current_mesh()
+            inside.set()
+            leave.wait(30)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    inside.wait(30)
+    seen["other"] = ap.current_mesh()  # another thread does not see the block's mesh
+    leave.set()
+    t.join()
+    assert seen["holder"] is AUTO and seen["other"] is None
+    x = jnp.asarray(normal(8, 4))
+    with ap.mesh(AUTO), ap.GradientTape() as tape:
+        tape.watch(x)
+        y = ap.sum(ap.square(ap.shard(x, P("data"))))
+    grad = tape.gradient(y, x)
+    np.testing.assert_allclose(grad, 2 * np.asarray(x), rtol=1e-6)  # recorded, differentiated
