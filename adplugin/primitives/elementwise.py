@@ -157,19 +157,22 @@ sign_p = define_primitive("sign", abstract_eval=_typed_eval("sign", "fiu"), lowe
                           jvp=ZERO_DERIVATIVE, elementwise=True)
 
 
-# max/min: at ties the derivative is shared equally between the operands, as in jax.grad
-def _balanced_eq(x: Any, out: Any, y: Any) -> Any:
-    one, zero = full_like(out, 1), zeros_like(out)
-    hit = bind("select", bind("eq", x, out), one, zero)
-    return div_p.bind(hit, bind("select", bind("eq", y, out), full_like(out, 2), one))
+# max/min: the operand that wins takes the whole derivative, at ties each takes half (as
+# jax.grad). The weights come from comparing the operands with each other, not with the result:
+# under jit XLA may recompute an operand with a fused multiply-add in one fusion and without in
+# another, and a bitwise comparison with a result computed elsewhere could then miss for both
+# operands and lose the derivative. Compared with each other, the weights always sum to one.
+def _share(wins: str) -> Any:
+    def weight(x: Any, y: Any, out: Any) -> Any:
+        one, half, zero = full_like(out, 1), full_like(out, 0.5), zeros_like(out)
+        return bind("select", bind(wins, x, y), one,
+                    bind("select", bind("eq", x, y), half, zero))
+    return (lambda g, out, x, y: mul_p.bind(g, weight(x, y, out)),
+            lambda g, out, x, y: mul_p.bind(g, weight(y, x, out)))
 
 
-max_p = _binary("max", hlo.maximum,
-                (lambda g, out, x, y: mul_p.bind(g, _balanced_eq(x, out, y)),
-                 lambda g, out, x, y: mul_p.bind(g, _balanced_eq(y, out, x))), kinds="fiub")
-min_p = _binary("min", hlo.minimum,
-                (lambda g, out, x, y: mul_p.bind(g, _balanced_eq(x, out, y)),
-                 lambda g, out, x, y: mul_p.bind(g, _balanced_eq(y, out, x))), kinds="fiub")
+max_p = _binary("max", hlo.maximum, _share("gt"), kinds="fiub")
+min_p = _binary("min", hlo.minimum, _share("lt"), kinds="fiub")
 
 
 # --- powers --------------------------------------------------------------------------------------

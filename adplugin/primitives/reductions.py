@@ -134,19 +134,58 @@ def _max_identity(dtype: np.dtype) -> Any:
     return np.asarray(False)
 
 
-def _max_jvp(g: Any, out: Any, x: Any, *, axes: tuple[int, ...]) -> Any:
-    # as jax.grad: the tangent is the mean of g over the locations that attain the maximum
-    dtype = dtype_of(g)
-    hits = bind("convert_element_type", bind("eq", x, _expand_to(out, x, axes)),
-                new_dtype=dtype, weak_type=False)
-    counts = reduce_sum_p.bind(hits, axes=axes)
-    return bind("div", reduce_sum_p.bind(bind("mul", g, hits), axes=axes), counts)
+def _chooser_jvp(arg: str) -> Callable[..., Any]:
+    """The JVP of reduce_max (arg="argmax") or reduce_min (arg="argmin")."""
+
+    def jvp(g: Any, out: Any, x: Any, *, axes: tuple[int, ...]) -> Any:
+        # as jax.grad: the tangent is the mean of g over the locations that attain the extremum
+        dtype = dtype_of(g)
+        hits = _attained(x, out, axes, arg)
+        weights = bind("convert_element_type", hits, new_dtype=dtype, weak_type=False)
+        counts = reduce_sum_p.bind(weights, axes=axes)
+        return bind("div", reduce_sum_p.bind(bind("mul", g, weights), axes=axes), counts)
+
+    return jvp
+
+
+def _attained(x: Any, out: Any, axes: tuple[int, ...], arg: str) -> Any:
+    """Where x equals its reduced extremum `out`, bit for bit (ties all count).
+
+    Under jit XLA may recompute x with a fused multiply-add in the fusion that computed `out`
+    and without one here (or the reverse); the comparison then misses every location, which
+    exact arithmetic never does. Where a row misses (and `out` is not NaN, whose derivative is
+    NaN as in jax.grad), its first extremum by `argmax`/`argmin` counts instead: that index is
+    chosen inside one reduction, so it needs no comparison across fusions.
+    """
+    shape = tuple(shape_of(x))
+    hits = bind("eq", x, _expand_to(out, x, axes))
+    n = math.prod(shape[i] for i in axes)
+    if n == 0 or not _is_float(dtype_of(x)):
+        return hits
+    kept = _kept(len(shape), axes)
+    rows = tuple(shape[i] for i in kept)
+    flat = bind("reshape", bind("transpose", x, permutation=(*kept, *axes)),
+                new_sizes=(*rows, n))
+    first = bind(arg, flat, axes=(len(rows),), index_dtype=np.dtype(np.int32))
+    positions = bind("broadcast_in_dim", np.arange(n, dtype=np.int32), shape=(*rows, n),
+                     broadcast_dimensions=(len(rows),))
+    chosen = bind("eq", positions, bind("broadcast_in_dim", first, shape=(*rows, n),
+                                        broadcast_dimensions=tuple(range(len(rows)))))
+    order = (*kept, *axes)
+    chosen = bind("transpose", bind("reshape", chosen,
+                                    new_sizes=(*rows, *(shape[i] for i in axes))),
+                  permutation=tuple(order.index(i) for i in range(len(shape))))
+    counts = reduce_sum_p.bind(bind("convert_element_type", hits, new_dtype=np.dtype(np.int32),
+                                    weak_type=False), axes=axes)
+    missed = bind("select", bind("eq", counts, full(rows, 0, np.int32)), bind("eq", out, out),
+                  full(rows, False, np.bool_))
+    return bind("select", _expand_to(missed, x, axes), chosen, hits)
 
 
 reduce_max_p = define_primitive(
     "reduce_max", abstract_eval=_reduce_eval("reduce_max", "fiub"),
     lowering=_reduce_lowering(hlo.maximum, _max_identity),
-    jvp=(_max_jvp,), transpose=NOT_LINEAR, sharding=_reduce_sharding,
+    jvp=(_chooser_jvp("argmax"),), transpose=NOT_LINEAR, sharding=_reduce_sharding,
     batching=_reduce_batching("reduce_max"))
 
 
@@ -164,7 +203,7 @@ def _min_identity(dtype: np.dtype) -> Any:
 reduce_min_p = define_primitive(
     "reduce_min", abstract_eval=_reduce_eval("reduce_min", "fiub"),
     lowering=_reduce_lowering(hlo.minimum, _min_identity),
-    jvp=(_max_jvp,), transpose=NOT_LINEAR, sharding=_reduce_sharding,
+    jvp=(_chooser_jvp("argmin"),), transpose=NOT_LINEAR, sharding=_reduce_sharding,
     batching=_reduce_batching("reduce_min"))
 
 
