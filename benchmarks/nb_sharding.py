@@ -119,7 +119,7 @@ for model, build in BUILD.items():
             by_name = {t.name: t for t in feed}
             fixed = {by_name[n]: PartitionSpec(*(s or ()))
                      for n, s in bench.strategies(feed, roles)[label].items()}
-            plan = ap.plan_sharding(g, mesh, outputs=outs, fixed=fixed)
+            plan = ap.plan_sharding(g, mesh, outputs=outs, fixed=fixed, scope="inputs")
             if label == "replicated":
                 budgets[model] = plan.cost.memory_bytes // 2
         plan.apply()

@@ -151,7 +151,7 @@ def run_model(name: str, model: Model, mesh: Any, repeats: int) -> dict[str, Any
     replicated_memory = None
     for label, assignment in strategies(feed, roles).items():
         fixed = {by_name[n]: PartitionSpec(*(s or ())) for n, s in assignment.items()}
-        plan = ap.plan_sharding(g, mesh, outputs=outs, fixed=fixed)
+        plan = ap.plan_sharding(g, mesh, outputs=outs, fixed=fixed, scope="inputs")
         results[label], values = measure(plan, feed, reference, repeats)
         if label == "replicated":
             reference, replicated_memory = values, plan.cost.memory_bytes

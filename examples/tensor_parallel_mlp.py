@@ -7,11 +7,11 @@ autoencoder over the users' ratings, the loss counting rated entries only):
 
 W0 (users x hidden) and W1 (hidden x users) are `ap.Variable`s, so the weights dominate the
 memory. The script builds the step as a graph (loss and TF1-style SGD update), asks the planner
-for the inputs' shardings on a 1-D mesh of --num_devices host devices under a memory budget
-that rules out replication (half of what replication needs), prints its table, applies it (the
-variables are resharded: W0 by columns, W1 by rows, Megatron's tensor parallelism), checks the
-predicted collectives against the compiled HLO, and trains. The same steps run unsharded on one
-device; the losses must agree. A summary line ends the output.
+for the inputs' shardings (`scope="inputs"`) on a 1-D mesh of --num_devices host devices under
+a memory budget that rules out replication (half of what replication needs), prints its table,
+applies it (the variables are resharded: W0 by columns, W1 by rows, Megatron's tensor
+parallelism), checks the predicted collectives against the compiled HLO, and trains. The same
+steps run unsharded on one device; the losses must agree. A summary line ends the output.
 
     python examples/tensor_parallel_mlp.py [--num_devices 8] [--steps 30] [--hidden 2048]
         [--batch 64] [--learning_rate 0.5] [--seed 0] [--small]
@@ -116,11 +116,13 @@ def tour(data: dict[str, np.ndarray], hidden: int, batch: int, steps: int,
     fed = {m["Y"]: feeds[0]["Y"], m["R"]: feeds[0]["R"]}
 
     replicated = ap.plan_sharding(g, mesh, outputs=outs, fixed={
-        m["Y"]: None, m["R"]: None, m["W0"]: None, m["W1"]: None})
+        m["Y"]: None, m["R"]: None, m["W0"]: None, m["W1"]: None}, scope="inputs")
     budget = replicated.cost.memory_bytes // 2
     emit(f"== the planner: {n} devices, budget {budget} bytes per device (replication needs "
          f"{replicated.cost.memory_bytes}) ==")
-    plan = ap.plan_sharding(g, mesh, outputs=outs, memory_budget=budget)
+    # the inputs' shardings only, the rest propagated: the Megatron layout this script shows
+    # (the default, scope="nodes", plans every node and may mix layouts for fewer bytes)
+    plan = ap.plan_sharding(g, mesh, outputs=outs, memory_budget=budget, scope="inputs")
     check = plan.measure(fed)  # applies the plan: W0 and W1 resharded
     emit(plan.table())
     emit("\n== predicted collectives against the compiled HLO ==")

@@ -46,7 +46,7 @@ class Node:
     """One primitive application (or a placeholder or constant) with its static params."""
 
     __slots__ = ("id", "op", "inputs", "params", "output", "role", "name", "value", "device",
-                 "colocate", "sharding")
+                 "colocate", "sharding", "operand_shardings")
 
     def __init__(self, id: int, op: Primitive | str, inputs: tuple[Tensor, ...],
                  params: dict[str, Any], role: str, name: str | None, value: Any = None):
@@ -55,7 +55,10 @@ class Node:
         self.output: Tensor
         self.device: Any = None  # the requested device (a placement DeviceSpec), or None
         self.colocate: int | None = None  # the id of a node whose colocation group it joins
-        self.sharding: Any = None  # an input's NamedSharding (placeholder(..., sharding=))
+        self.sharding: Any = None  # an input's NamedSharding (placeholder(..., sharding=)),
+        # or an op's result sharding applied by `ShardingPlan.apply`
+        # the shardings a plan moves the operands to before the op (None: as they come)
+        self.operand_shardings: tuple[Any, ...] | None = None
 
     @property
     def kind(self) -> str:

@@ -31,12 +31,14 @@ from adplugin._table import columns
 from adplugin.ir.graph import PLACEHOLDER, Graph, Node, Tensor, needed_nodes
 from adplugin.ir.variables import VARIABLE
 from adplugin.sharding.compare import CollectiveCheck, PredictedCollective
-from adplugin.sharding.mesh import MeshError, Spec, axis_names, normalized_spec, spec_text
+from adplugin.sharding.mesh import MeshError, Spec, normalized_spec, spec_text
+from adplugin.sharding.nodeplan import node_flops, plan_nodes
 from adplugin.sharding.predict import per_device_bytes, predict_collectives
-from adplugin.sharding.propagate import Propagation, propagate
+from adplugin.sharding.propagate import Decision, Propagation, propagate
 
 EXHAUSTIVE_LIMIT = 4096
 FLOPS_PER_BYTE = 100.0
+BYTES_PER_COLLECTIVE = 1024.0
 
 
 @dataclass
@@ -62,8 +64,10 @@ class ShardingPlan:
     collectives: list[PredictedCollective]
     cost: Cost
     searched: int
-    exhaustive: bool
+    exhaustive: bool  # the plan is the model's optimum
     measured: CollectiveCheck | None = field(default=None)
+    method: str = "exhaustive"  # "integer program", "exhaustive" or "coordinate descent"
+    per_node: bool = False  # every node's sharding decided (else the inputs' only)
 
     def spec(self, t: Tensor) -> Spec:
         return self.propagation.spec(t)
@@ -73,12 +77,27 @@ class ShardingPlan:
 
     def apply(self) -> None:
         """Annotate the graph with the plan: each placeholder gets its sharding, and each
-        variable is resharded (it keeps the new sharding from then on)."""
+        variable is resharded (it keeps the new sharding from then on). A per-node plan also
+        constrains every op's result to its spec and reshards the operands it moves (sharding
+        constraints, added where the graph is lowered)."""
         for t, spec in self.inputs.items():
             sharding = NamedSharding(self.mesh, PartitionSpec(*spec))
             t.node.sharding = sharding
             if t.node.op == VARIABLE:
                 _reshard_variable(t.node.value, sharding)
+        self.graph._compiled = None  # programs compiled under other constraints
+        moves = self.propagation.operand_specs
+        for node in self.propagation.nodes:
+            if node.kind != "op":
+                continue
+            if not self.per_node:  # the inputs' plan: an earlier plan's constraints go
+                node.sharding = node.operand_shardings = None
+                continue
+            node.sharding = self.sharding(node.output)
+            given = moves.get(node.id)
+            node.operand_shardings = None if given is None else tuple(
+                None if spec == self.spec(t) else NamedSharding(self.mesh, PartitionSpec(*spec))
+                for t, spec in zip(node.inputs, given))
 
     def measure(self, feed_dict: dict[Any, Any]) -> CollectiveCheck:
         """Apply the plan, compile the step and check the predictions against the HLO."""
@@ -105,7 +124,8 @@ class ShardingPlan:
                 node.kind == "op" and prop.decisions[node.id].sharded)
             if not interesting:
                 continue
-            ins = " ".join(spec_text(i.shape, prop.spec(i)) for i in node.inputs) or "-"
+            consumed = prop.operand_specs.get(node.id) or [prop.spec(i) for i in node.inputs]
+            ins = " ".join(spec_text(i.shape, c) for i, c in zip(node.inputs, consumed)) or "-"
             out = spec_text(node.output.shape, prop.spec(node.output))
             found: list[PredictedCollective | None] = [*by_node.get(name, [])] or [None]
             for k, pc in enumerate(found):
@@ -117,8 +137,9 @@ class ShardingPlan:
         lines = columns(rows)
         cost = self.cost
         lines.append(f"plan: {cost.comm_bytes} collective bytes, {cost.flops:.3g} flops and "
-                     f"{cost.memory_bytes} bytes per device; {self.searched} assignments "
-                     f"searched ({'exhaustive' if self.exhaustive else 'coordinate descent'})")
+                     f"{cost.memory_bytes} bytes per device; " + (
+                         f"{self.searched} variables ({self.method})" if self.per_node else
+                         f"{self.searched} assignments searched ({self.method})"))
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -148,14 +169,21 @@ def _reshard_variable(v: Any, sharding: NamedSharding) -> None:
 def plan_sharding(graph_or_fn: Any, mesh: Mesh, *, outputs: Sequence[Tensor] | None = None,
                   memory_budget: int | None = None, fixed: dict[Any, Any] | None = None,
                   flops_per_byte: float = FLOPS_PER_BYTE,
+                  bytes_per_collective: float = BYTES_PER_COLLECTIVE, scope: str = "nodes",
                   example_args: Sequence[Any] = ()) -> ShardingPlan:
-    """Choose the inputs' shardings on `mesh` for the cheapest step (see the module).
+    """Choose shardings on `mesh` for the cheapest step (see the module).
 
     `graph_or_fn`: an `ap.Graph` with its `outputs` (a training step's loss and gradients), or a
     function of arrays traced with `ap.trace` at `example_args` (its outputs then). `fixed`
-    maps inputs (placeholders or variables) to the `PartitionSpec` they must keep. Returns a
-    `ShardingPlan`: `.table()`, `.apply()`, `.measure(feed_dict)`.
+    maps inputs (placeholders or variables) to the `PartitionSpec` they must keep. `scope`:
+    "nodes" (default) chooses every node's sharding with an integer program, falling back to
+    the input search past its size limit; "inputs" chooses the inputs' only, the rest by
+    propagation. Returns a `ShardingPlan`: `.table()`, `.apply()`, `.measure(feed_dict)`.
     """
+    if scope not in ("nodes", "inputs"):
+        raise MeshError(message("plan_sharding", "unknown scope", repr(scope),
+                                "'nodes' or 'inputs'", "pass scope='nodes' (every node) or "
+                                "scope='inputs' (the inputs, the rest propagated)"))
     graph, outs = _graph_and_outputs(graph_or_fn, outputs, example_args)
     nodes = needed_nodes(graph, outs)
     inputs = [n for n in nodes if n.op in (PLACEHOLDER, VARIABLE)]
@@ -163,12 +191,21 @@ def plan_sharding(graph_or_fn: Any, mesh: Mesh, *, outputs: Sequence[Tensor] | N
     pinned = _fixed(fixed or {}, inputs, mesh)
     choices = [[pinned[n.id]] if n.id in pinned else candidates(n.output.shape, sizes)
                for n in inputs]
+    if scope == "nodes":
+        planned = plan_nodes(nodes, sizes, {n.id: c for n, c in zip(inputs, choices)},
+                             memory_budget, flops_per_byte, bytes_per_collective, candidates)
+        if planned is not None and not planned.chosen:
+            _no_fit(memory_budget, None)
+        if planned is not None:
+            return _node_plan(graph, outs, mesh, nodes, inputs, planned,
+                              flops_per_byte, bytes_per_collective)
 
     def cost_of(assignment: Sequence[Spec]) -> tuple[Cost, Propagation, list[Any]]:
         specs = {n.id: s for n, s in zip(inputs, assignment)}
         prop = propagate(graph, outs, inputs=specs, mesh=mesh, nodes=nodes)
         predicted = predict_collectives(prop)
-        return _cost(prop, predicted, sizes, flops_per_byte), prop, predicted
+        cost = _cost(prop, predicted, sizes, flops_per_byte, bytes_per_collective)
+        return cost, prop, predicted
 
     best: tuple[Cost, Propagation, list[Any], tuple[Spec, ...]] | None = None
     total = math.prod(len(c) for c in choices)
@@ -189,14 +226,45 @@ def plan_sharding(graph_or_fn: Any, mesh: Mesh, *, outputs: Sequence[Tensor] | N
     else:
         best, searched, lowest_memory = _descend(choices, cost_of, memory_budget, mesh)
     if best is None:
-        raise MeshError(message(
-            "plan_sharding", "no sharding of the inputs fits the memory budget",
-            f"memory_budget={memory_budget} bytes per device",
-            f"at least {lowest_memory} bytes per device (the least any candidate needs)",
-            "raise the budget, or use a mesh with more devices"))
+        _no_fit(memory_budget, lowest_memory)
+    assert best is not None
     cost, prop, predicted, assignment = best
+    method = "exhaustive" if exhaustive else "coordinate descent"
     return ShardingPlan(graph, list(outs), mesh, {n.output: s for n, s in zip(inputs, assignment)},
-                        prop, predicted, cost, searched, exhaustive)
+                        prop, predicted, cost, searched, exhaustive, method=method)
+
+
+def _no_fit(memory_budget: int | None, lowest: int | None) -> None:
+    least = "more" if lowest is None else f"at least {lowest}"
+    raise MeshError(message(
+        "plan_sharding", "no sharding of the inputs fits the memory budget",
+        f"memory_budget={memory_budget} bytes per device",
+        f"{least} bytes per device (the least any candidate needs)",
+        "raise the budget, or use a mesh with more devices"))
+
+
+def _node_plan(graph: Graph, outs: list[Tensor], mesh: Mesh, nodes: list[Node],
+               inputs: list[Node], planned: Any, flops_per_byte: float,
+               bytes_per_collective: float) -> ShardingPlan:
+    """The integer program's strategies as a plan: each node's result spec decided by the
+    plan, and the operands it reshards before the op."""
+    chosen = planned.chosen
+    decisions = {n.id: Decision(chosen[n.id].out, "the plan", tuple(i.node.id for i in n.inputs))
+                 for n in nodes}
+    moves = {}
+    for n in nodes:
+        consumed = chosen[n.id].operands
+        if n.kind == "op" and any(spec != chosen[t.node.id].out
+                                  for t, spec in zip(n.inputs, consumed)):
+            moves[n.id] = consumed
+    prop = Propagation(graph, nodes, mesh, decisions, moves)
+    predicted = predict_collectives(prop)
+    comm = sum(p.nbytes for p in predicted)
+    score = comm + len(predicted) * bytes_per_collective + planned.flops / flops_per_byte
+    cost = Cost(comm, planned.flops, planned.memory, score)
+    return ShardingPlan(graph, list(outs), mesh, {n.output: chosen[n.id].out for n in inputs},
+                        prop, predicted, cost, planned.variables, True,
+                        method="integer program", per_node=True)
 
 
 def _descend(choices: list[list[Spec]], cost_of: Any, memory_budget: int | None, mesh: Mesh
@@ -292,7 +360,7 @@ def _graph_and_outputs(graph_or_fn: Any, outputs: Sequence[Tensor] | None,
 # the cost model
 
 def _cost(prop: Propagation, predicted: list[PredictedCollective], sizes: dict[str, int],
-          flops_per_byte: float) -> Cost:
+          flops_per_byte: float, bytes_per_collective: float) -> Cost:
     comm = sum(p.nbytes for p in predicted)
     flops = 0.0
     memory = 0
@@ -304,25 +372,9 @@ def _cost(prop: Propagation, predicted: list[PredictedCollective], sizes: dict[s
             memory += per_device_bytes(out, prop.spec(out), sizes)
             if node.kind == "op":
                 flops += _flops(prop, node, sizes)
-    return Cost(comm, flops, memory, comm + flops / flops_per_byte, len(prop.conflicts))
+    score = comm + len(predicted) * bytes_per_collective + flops / flops_per_byte
+    return Cost(comm, flops, memory, score, len(prop.conflicts))
 
 
 def _flops(prop: Propagation, node: Node, sizes: dict[str, int]) -> float:
-    """One device's flops for `node`: a contraction's multiply-adds over its shard, else one
-    per output element of its shard (reductions: per input element)."""
-    out = node.output
-
-    def shards(spec: Spec) -> int:
-        return math.prod(sizes[a] for e in spec for a in axis_names(e))
-
-    if node.op_name == "dot_general":
-        (xc, _), _ = node.params["dimension_numbers"]
-        x = node.inputs[0]
-        contracted = math.prod(x.shape[i] for i in xc)
-        xs = prop.spec(x)
-        split = math.prod(sizes[a] for i in xc for a in axis_names(xs[i]))
-        return 2.0 * math.prod(out.shape) * contracted / max(shards(prop.spec(out)) * split, 1)
-    if node.op_name.startswith("reduce_") and node.inputs:
-        x = node.inputs[0]
-        return math.prod(x.shape) / max(shards(prop.spec(x)), 1)
-    return math.prod(out.shape) / max(shards(prop.spec(out)), 1)
+    return node_flops(node, [prop.spec(i) for i in node.inputs], prop.spec(node.output), sizes)

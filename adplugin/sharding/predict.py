@@ -35,19 +35,58 @@ def predict_collectives(prop: Propagation) -> list[PredictedCollective]:
     """One row per predicted collective, in graph order."""
     if prop.mesh is None:
         return []
-    sizes = dict(zip(prop.mesh.axis_names, prop.mesh.devices.shape))
+    sizes = mesh_sizes(prop.mesh)
     rows: list[PredictedCollective] = []
     for node in prop.nodes:
         if node.kind != "op" or prop.decisions[node.id].conflict is not None:
             continue
-        name = node.op_name
-        if name == "dot_general":
-            rows += _contraction(prop, node, sizes)
-        elif name in _REDUCTIONS:
-            rows += _reduction(prop, node, sizes)
-        elif name == "shard":
-            rows += _reshard(prop, node, sizes)
-    # an axis of one device moves nothing: XLA makes no collective over it
+        given = prop.operand_specs.get(node.id)
+        ins = [prop.spec(i) for i in node.inputs]
+        if given is not None:  # a plan reshards these operands before the op
+            for t, before, after in zip(node.inputs, ins, given):
+                rows += reshard_rows(t, before, after, sizes, node)
+            ins = list(given)
+        rows += node_collectives(node, ins, prop.spec(node.output), sizes)
+    return rows
+
+
+def mesh_sizes(mesh: Any) -> dict[str, int]:
+    return dict(zip(mesh.axis_names, mesh.devices.shape))
+
+
+def node_collectives(node: Node, ins: Sequence[Spec], out: Spec, sizes: dict[str, int]
+                     ) -> list[PredictedCollective]:
+    """The collectives `node` calls for with operands `ins` and result `out` (axes of one
+    device dropped: XLA makes no collective over them)."""
+    name = node.op_name
+    if name == "dot_general":
+        rows = _contraction(node, ins, out, sizes)
+    elif name in _REDUCTIONS:
+        rows = _reduction(node, ins, out, sizes)
+    elif name == "shard":
+        rows = reshard_rows(node.inputs[0], ins[0], out, sizes, node)
+    else:
+        return []
+    return _real(rows, sizes)
+
+
+def reshard_rows(t: Tensor, before: Spec, after: Spec, sizes: dict[str, int], node: Node
+                 ) -> list[PredictedCollective]:
+    """Moving `t` from `before` to `after` (for `node`): an all-gather over the axes removed,
+    an all-to-all over the axes that move to another dimension; adding axes is a local slice."""
+    had = {a: d for d, e in enumerate(before) for a in axis_names(e)}
+    has = {a: d for d, e in enumerate(after) for a in axis_names(e)}
+    moved = sorted(a for a in had if a in has and has[a] != had[a])
+    removed = sorted(a for a in had if a not in has)
+    rows = []
+    if moved:
+        rows.append(_row("all-to-all", moved, per_device_bytes(t, before, sizes), node))
+    if removed:
+        rows.append(_row("all-gather", removed, per_device_bytes(t, after, sizes), node))
+    return _real(rows, sizes)
+
+
+def _real(rows: list[PredictedCollective], sizes: dict[str, int]) -> list[PredictedCollective]:
     rows = [replace(r, axes=tuple(a for a in r.axes if sizes[a] > 1)) for r in rows]
     return [r for r in rows if r.axes]
 
@@ -62,11 +101,11 @@ def _row(kind: str, axes: Sequence[str], nbytes: int, node: Node) -> PredictedCo
     return PredictedCollective(kind, tuple(sorted(axes)), int(nbytes), node.output.name)
 
 
-def _contraction(prop: Propagation, node: Node, sizes: dict[str, int]
+def _contraction(node: Node, ins: Sequence[Spec], out: Spec, sizes: dict[str, int]
                  ) -> list[PredictedCollective]:
     (xc, yc), _ = node.params["dimension_numbers"]
     x, y = node.inputs
-    xs, ys = prop.spec(x), prop.spec(y)
+    xs, ys = ins
     reduced: list[str] = []
     rows = []
     for i, j in zip(xc, yc):
@@ -78,38 +117,17 @@ def _contraction(prop: Propagation, node: Node, sizes: dict[str, int]
                 rows.append(_row("all-gather", sorted(only),
                                  per_device_bytes(t, gathered, sizes), node))
     if reduced:
-        out = node.output
         rows.insert(0, _row("all-reduce", reduced,
-                            per_device_bytes(out, prop.spec(out), sizes), node))
+                            per_device_bytes(node.output, out, sizes), node))
     return rows
 
 
-def _reduction(prop: Propagation, node: Node, sizes: dict[str, int]
+def _reduction(node: Node, ins: Sequence[Spec], out: Spec, sizes: dict[str, int]
                ) -> list[PredictedCollective]:
-    (x,) = node.inputs
-    spec = prop.spec(x)
-    axes = [a for d in node.params["axes"] for a in axis_names(spec[d])]
+    axes = [a for d in node.params["axes"] for a in axis_names(ins[0][d])]
     if not axes:
         return []
-    out = node.output
-    return [_row("all-reduce", axes, per_device_bytes(out, prop.spec(out), sizes), node)]
-
-
-def _reshard(prop: Propagation, node: Node, sizes: dict[str, int]
-             ) -> list[PredictedCollective]:
-    (x,) = node.inputs
-    before, after = prop.spec(x), prop.spec(node.output)
-    had = {a: d for d, e in enumerate(before) for a in axis_names(e)}
-    has = {a: d for d, e in enumerate(after) for a in axis_names(e)}
-    moved = sorted(a for a in had if a in has and has[a] != had[a])
-    removed = sorted(a for a in had if a not in has)
-    rows = []
-    if moved:
-        rows.append(_row("all-to-all", moved, per_device_bytes(x, before, sizes), node))
-    if removed:
-        rows.append(_row("all-gather", removed,
-                         per_device_bytes(node.output, after, sizes), node))
-    return rows
+    return [_row("all-reduce", axes, per_device_bytes(node.output, out, sizes), node)]
 
 
 def describe(rows: Sequence[Any]) -> str:

@@ -54,8 +54,11 @@ class Propagation:
     """The propagated specs of the nodes some outputs need (see the module)."""
 
     def __init__(self, graph: Graph, nodes: Sequence[Node], mesh: Mesh | None,
-                 decisions: dict[int, Decision]):
+                 decisions: dict[int, Decision],
+                 operand_specs: dict[int, tuple[Spec, ...]] | None = None):
         self.graph, self.nodes, self.mesh, self.decisions = graph, list(nodes), mesh, decisions
+        # node id -> the specs a plan reshards its operands to before the op
+        self.operand_specs = operand_specs or {}
 
     def spec(self, t: Tensor) -> Spec:
         return self.decisions[t.node.id].spec
@@ -100,19 +103,26 @@ def propagate(graph: Graph, outputs: Sequence[Tensor] | None = None, strict: boo
               inputs: dict[int, Spec] | None = None, mesh: Mesh | None = None,
               nodes: Sequence[Node] | None = None) -> Propagation:
     """The specs of every node `outputs` need (all nodes when None). `inputs` (node id ->
-    spec, on `mesh`) replaces the annotations of those nodes: what a planner tries."""
+    spec, on `mesh`) replaces the annotations of those nodes: what a planner tries (it then
+    ignores the constraints an earlier plan applied to ops)."""
     nodes = needed_nodes(graph, outputs) if nodes is None else nodes
     decisions: dict[int, Decision] = {}
+    operand_specs: dict[int, tuple[Spec, ...]] = {}
     for node in nodes:
+        planned = inputs is None and node.kind == "op"  # an earlier plan's constraints count
+        if planned and node.operand_shardings is not None:  # applied by a sharding plan
+            operand_specs[node.id] = tuple(
+                spec_of(s, len(i.shape)) if s is not None else decisions[i.node.id].spec
+                for i, s in zip(node.inputs, node.operand_shardings))
         if inputs is not None and node.id in inputs:
             d = Decision(inputs[node.id], "the plan")
         else:
-            d = _decide(node, decisions)
+            d = _decide(node, decisions, planned)
         if d.conflict is not None and strict:
             raise ShardingConflictError(d.conflict)
         decisions[node.id] = d
         mesh = mesh or _mesh_of(node)
-    return Propagation(graph, nodes, mesh, decisions)
+    return Propagation(graph, nodes, mesh, decisions, operand_specs)
 
 
 def _mesh_of(node: Node) -> Any:
@@ -120,12 +130,14 @@ def _mesh_of(node: Node) -> Any:
     return getattr(sharding, "mesh", None)
 
 
-def _decide(node: Node, decisions: dict[int, Decision]) -> Decision:
+def _decide(node: Node, decisions: dict[int, Decision], planned: bool) -> Decision:
     ndim = len(node.output.shape)
-    if node.op == PLACEHOLDER or node.sharding is not None:
+    if node.op == PLACEHOLDER or node.sharding is not None and (planned or node.kind != "op"):
         if node.sharding is None:
             return Decision(spec_of(None, ndim), "replicated (input)")
-        return Decision(spec_of(node.sharding, ndim), "sharding= of the input")
+        source = "the plan" if node.kind == "op" else "sharding= of the input"
+        return Decision(spec_of(node.sharding, ndim), source,
+                        tuple(i.node.id for i in node.inputs))
     if node.kind != "op":  # constants, variable reads and assignments
         source = "replicated (constant)" if node.op == CONSTANT else f"replicated ({node.op})"
         inputs = tuple(i.node.id for i in node.inputs)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from adplugin._params import params_key
-from adplugin._primitive import Primitive, ShapeDtype
+from adplugin._primitive import Primitive, ShapeDtype, get_primitive
 from adplugin.ir.graph import (
     CONSTANT,
     PLACEHOLDER,
@@ -124,6 +124,15 @@ class _Simplifier:
             self.splat[t.node.id] = self.value_of(inputs[0])
         return t
 
+    def constrain(self, t: Tensor, sharding: Any) -> Tensor:
+        """`t` under a sharding constraint (a `shard` node, shared between equal requests)."""
+        key = ("shard", t.node.id, params_key({"sharding": sharding}))
+        hit = self.cse.get(key)
+        if hit is None:
+            hit = self.cse[key] = self.graph._add(get_primitive("shard"), (t,),
+                                                  {"sharding": sharding}, _aval(t))
+        return hit
+
     def _identity(self, name: str, xs: list[Tensor], node: Node) -> Tensor | None:
         if name not in _IDENTITY_OPS:
             return None
@@ -203,8 +212,13 @@ def _simplify(graph: Graph, nodes: Sequence[Node], cut: Collection[int]
             t = s.constant(node.value, node.output.weak_type)
         elif node.op == ASSIGN:  # gives the assigned value; the runner stores it
             t = mapping[node.inputs[0].node.id]
-        else:
+        elif node.sharding is None and node.operand_shardings is None:
             t = s.apply(node, [mapping[i.node.id] for i in node.inputs])
+        else:  # a sharding plan's constraints, as sharding nodes around the op
+            ins = [mapping[i.node.id] for i in node.inputs]
+            moves = node.operand_shardings or (None,) * len(ins)
+            t = s.apply(node, [x if m is None else s.constrain(x, m) for x, m in zip(ins, moves)])
+            t = t if node.sharding is None else s.constrain(t, node.sharding)
         mapping[node.id] = t
         if node.device is not None or node.colocate is not None:
             carry_request(node, t.node, mapping)
