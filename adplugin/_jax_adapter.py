@@ -9,6 +9,7 @@ signatures), never by comparing version numbers.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -506,3 +507,32 @@ def copy_to_device(arrays: Sequence[Any], sharding: Any) -> list[Any]:
 def jaxpr_function(closed: Any) -> Callable[..., list[Any]]:
     """A closed jaxpr as a Python function of its inputs returning the list of its outputs."""
     return jex_core.jaxpr_as_fun(closed)  # type: ignore[no-any-return]
+
+
+# --- user source lines ---------------------------------------------------------------------------
+# Graph nodes keep the Python traceback of the line that built them; lowering binds each node's
+# primitive under it, so XLA's metadata (source_file, source_line: what `ap.collectives` shows
+# for a collective) names the user's line, not the graph runner's. adplugin's own frames are
+# skipped as JAX skips its own.
+
+from jax._src import source_info_util as _source_info  # noqa: E402  (private: source lines)
+
+_source_info.register_exclusion(os.path.dirname(os.path.abspath(__file__)) + os.sep)
+
+
+def capture_traceback() -> Any:
+    """The current Python traceback (a native capture: a small fraction of a microsecond)."""
+    return _source_info.xla_client.Traceback.get_traceback()
+
+
+def user_source(traceback: Any) -> str | None:
+    """`file.py:12` of the first frame of `traceback` outside adplugin and JAX, or None."""
+    frame = _source_info.user_frame(traceback) if traceback is not None else None
+    if frame is None:
+        return None
+    return f"{os.path.basename(frame.file_name)}:{frame.start_line}"
+
+
+def source_context(traceback: Any) -> Any:
+    """Binds inside it are attributed to `traceback`'s user frame in the lowered program."""
+    return _source_info.user_context(traceback)

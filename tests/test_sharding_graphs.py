@@ -4,6 +4,8 @@ checked against the compiled HLO, and exports that keep shardings."""
 
 from __future__ import annotations
 
+import inspect
+import os
 from typing import Any
 
 import jax
@@ -292,3 +294,19 @@ def test_the_mesh_scope_is_per_thread_and_shard_is_recorded_by_tapes() -> None:
         y = ap.sum(ap.square(ap.shard(x, P("data"))))
     grad = tape.gradient(y, x)
     np.testing.assert_allclose(grad, 2 * np.asarray(x), rtol=1e-6)  # recorded, differentiated
+
+
+def test_collectives_name_the_users_line_that_built_their_node() -> None:
+    mesh = jax.make_mesh((8,), ("d",), axis_types=(AxisType.Auto,))
+    g = ap.Graph()
+    with g, ap.mesh(mesh):
+        x = ap.placeholder((64, 16), name="x", sharding=P("d"))
+        w = ap.placeholder((16, 4), name="w")
+        col = ap.sum(ap.matmul(x, w), axis=0); line = inspect.currentframe().f_lineno  # noqa: E702
+    here = f"{os.path.basename(__file__)}:{line}"
+    assert col.node.source == here and x.node.source != here
+    feed = {x: normal(64, 16), w: normal(16, 4)}
+    found = ap.collectives(g.lower([col], feed).compile())
+    assert [(r.kind, r.source) for r in found.rows] == [("all-reduce", here)]
+    plan = ap.plan_sharding(g, mesh, outputs=[col], fixed={x: P("d"), w: P()})
+    assert here in plan.table()

@@ -46,7 +46,7 @@ class Node:
     """One primitive application (or a placeholder or constant) with its static params."""
 
     __slots__ = ("id", "op", "inputs", "params", "output", "role", "name", "value", "device",
-                 "colocate", "sharding", "operand_shardings")
+                 "colocate", "sharding", "operand_shardings", "traceback")
 
     def __init__(self, id: int, op: Primitive | str, inputs: tuple[Tensor, ...],
                  params: dict[str, Any], role: str, name: str | None, value: Any = None):
@@ -59,6 +59,7 @@ class Node:
         # or an op's result sharding applied by `ShardingPlan.apply`
         # the shardings a plan moves the operands to before the op (None: as they come)
         self.operand_shardings: tuple[Any, ...] | None = None
+        self.traceback: Any = None  # where it was built (lowering attributes XLA's ops to it)
 
     @property
     def kind(self) -> str:
@@ -67,6 +68,11 @@ class Node:
     @property
     def op_name(self) -> str:
         return self.op if isinstance(self.op, str) else self.op.name
+
+    @property
+    def source(self) -> str | None:
+        """`file.py:12`: the user's line that built the node (outside adplugin and JAX)."""
+        return jx.user_source(self.traceback)
 
     def __repr__(self) -> str:
         return f"Node({self.id}, {self.op_name}, role={self.role})"
@@ -163,6 +169,7 @@ class Graph:
             if name is not None:
                 name = self._unique(name)
             node = Node(len(self.nodes), op, inputs, params, role, name, value)
+            node.traceback = jx.capture_traceback()
             if scope is not None and (scope.device is not None or scope.colocate is not None):
                 from adplugin.placement.requests import stamp  # the scope's device request
 

@@ -70,9 +70,10 @@ def _evaluate(nodes: Sequence[Node], outputs: Sequence[Tensor], env: dict[int, A
             if eager:
                 env[node.id] = node_op.jax_primitive.impl(*args, **node.params)
             elif labels is not None and node.id in labels:
-                # lowered under the graph node's name: XLA's op metadata (op_name) keeps it,
-                # so a collective the partitioner inserts can be traced back to its node
-                with jax.named_scope(labels[node.id]):
+                # lowered under the graph node's name and the user's line that built it: XLA's
+                # op metadata (op_name, source line) keeps both, so a collective the
+                # partitioner inserts can be traced back to its node and line
+                with jax.named_scope(labels[node.id]), jx.source_context(node.traceback):
                     env[node.id] = node_op.bind(*args, **node.params)
             else:
                 env[node.id] = node_op.bind(*args, **node.params)

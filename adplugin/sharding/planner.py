@@ -110,13 +110,14 @@ class ShardingPlan:
         return self.measured
 
     def table(self) -> str:
-        """Node, op, input specs, output spec, predicted collective and bytes (and the bytes
-        measured in the HLO for its row, after `measure`)."""
+        """Node, op, input specs, output spec, predicted collective and bytes, the bytes
+        measured in the HLO for its row (after `measure`), and the user's line that built the
+        node."""
         by_node: dict[str, list[PredictedCollective]] = {}
         for c in self.collectives:
             by_node.setdefault(c.node or "?", []).append(c)
         measured = _measured_by_node(self.measured)
-        rows = [("node", "op", "inputs", "output", "collective", "bytes", "measured")]
+        rows = [("node", "op", "inputs", "output", "collective", "bytes", "measured", "source")]
         prop = self.propagation
         for node in prop.nodes:
             name = node.output.name
@@ -133,7 +134,8 @@ class ShardingPlan:
                 rows.append((name if k == 0 else "", node.op_name if k == 0 else "",
                              ins if k == 0 else "", out if k == 0 else "", kind,
                              "-" if pc is None else str(pc.nbytes),
-                             measured.get(name, "-") if pc is not None else "-"))
+                             measured.get(name, "-") if pc is not None else "-",
+                             (node.source or "-") if k == 0 else ""))
         lines = columns(rows)
         cost = self.cost
         lines.append(f"plan: {cost.comm_bytes} collective bytes, {cost.flops:.3g} flops and "

@@ -204,6 +204,7 @@ def _simplify(graph: Graph, nodes: Sequence[Node], cut: Collection[int]
     s = _Simplifier(f"{graph.name}.simplified")
     mapping: dict[int, Tensor] = {}
     for node in nodes:
+        first_new = len(s.graph.nodes)
         if node.id in cut or node.op in (PLACEHOLDER, VARIABLE):
             # variable reads are inputs too: the runner feeds each its variable's value
             t = s.graph.placeholder(node.output.shape, node.output.dtype,
@@ -220,6 +221,8 @@ def _simplify(graph: Graph, nodes: Sequence[Node], cut: Collection[int]
             t = s.apply(node, [x if m is None else s.constrain(x, m) for x, m in zip(ins, moves)])
             t = t if node.sharding is None else s.constrain(t, node.sharding)
         mapping[node.id] = t
+        for made in s.graph.nodes[first_new:]:  # the copies keep the line that built the node
+            made.traceback = node.traceback
         if node.device is not None or node.colocate is not None:
             carry_request(node, t.node, mapping)
     return s.graph, mapping
