@@ -153,6 +153,22 @@ def test_seed_polynomial_first_and_second_derivatives() -> None:
     assert dot.startswith('digraph "') and "#f8cecc" in dot and "#dae8fc" in dot
 
 
+def test_forward_gradients_of_placeholders_with_unknown_dims() -> None:
+    # derived once the fed shape is known, per shape, as ap.gradients is
+    with ap.Graph() as g:
+        x = ap.placeholder((None, 3), name="x")
+        t = ap.placeholder((None, 3), name="t")
+        y = ap.sum(ap.tanh(x) * x, axis=1)
+        (jv,) = ap.forward_gradients([y], [x], [t])
+    rng = np.random.default_rng(3)
+    for rows in (5, 2):
+        xv, tv = (rng.standard_normal((rows, 3)).astype(np.float32) for _ in range(2))
+        want = jax.jvp(lambda a: jnp.sum(jnp.tanh(a) * a, axis=1), (xv,), (tv,))[1]
+        np.testing.assert_allclose(g.run(jv, {x: xv, t: tv}), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="tangents do not match xs"):
+        ap.forward_gradients([y], [x], [])
+
+
 def test_hessians_of_a_vector_function() -> None:
     x0 = np.array([0.3, -0.7, 1.1], np.float32)
     with ap.Graph() as g:

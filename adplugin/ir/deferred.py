@@ -249,6 +249,31 @@ def gradients(ys: Any, xs: Any, grad_ys: Any, unconnected_gradients: str) -> lis
     return results
 
 
+def forward_gradients(ys: Any, xs: Any, tangents: Any) -> list[Any]:
+    """What `ap.forward_gradients` gives when deferred tensors are among ys, xs or tangents: a
+    deferred directional derivative per y, derived once the fed shapes are known."""
+    from adplugin.transforms.forward import forward_gradients as graph_forward
+
+    ys_l = list(ys) if isinstance(ys, (list, tuple)) else [ys]
+    xs_l = list(xs) if isinstance(xs, (list, tuple)) else [xs]
+    ts_l = list(tangents) if isinstance(tangents, (list, tuple)) else [tangents]
+    for t in [*ys_l, *xs_l]:
+        if not isinstance(t, (Tensor, DeferredTensor)):
+            raise GraphError(message("forward_gradients", "ys and xs must be graph tensors",
+                                     repr(t)[:80], "tensors of one graph",
+                                     "pass the tensors ops returned"))
+
+    def replay(graph: Graph, ys_c: list[Tensor], xs_c: list[Tensor], ts_c: list[Any]
+               ) -> list[Any]:
+        return graph_forward(ys_c, xs_c, ts_c)
+
+    outs = record_graph_call(replay, (ys_l, xs_l, ts_l), len(ys_l), "forward_gradients")
+    for y, out in zip(ys_l, outs):
+        out._shape = getattr(y, "shape", None)
+        out._dtype = y.dtype
+    return outs
+
+
 class Reach:
     """What `ys` depend on: recorded calls, source-graph nodes and variables read."""
 

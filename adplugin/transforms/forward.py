@@ -22,10 +22,20 @@ def forward_gradients(ys: Any, xs: Any, tangents: Any) -> list[Tensor]:
 
     With no xs (and no tangents) the derivative along nothing is zeros of each y's shape;
     with no ys the answer is []."""
+    from adplugin.ir.deferred import any_deferred
+    from adplugin.ir.deferred import forward_gradients as deferred_forward
+
     ys_list, _ = _as_list(ys)
     ts_list, _ = _as_list(tangents)
     if not ys_list:
         return []
+    if any_deferred(ys, xs, tangents):  # shapes known at run time: derived per fed shape
+        if len(ts_list) != len(_as_list(xs)[0]):
+            raise ValueError(message("forward_gradients", "tangents do not match xs",
+                                     f"{len(ts_list)} tangents",
+                                     f"{len(_as_list(xs)[0])}, one per x",
+                                     "give one tangent per x, of its shape"))
+        return deferred_forward(ys_list, _as_list(xs)[0], ts_list)
     graph = _check_tensors("ys", ys_list, None)
     xs_list = _as_graph_tensors(_as_list(xs)[0], graph)
     _check_tensors("xs", xs_list, graph)
